@@ -1,0 +1,1 @@
+"""The service framework: server skeleton, client, auth, metrics, cache and worker pool."""

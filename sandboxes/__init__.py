@@ -1,0 +1,1 @@
+"""Isolated code execution (the SandboxService). Built in the sandbox issue."""

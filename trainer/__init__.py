@@ -1,0 +1,1 @@
+"""The RL trainer. Built in the trainer issue."""
