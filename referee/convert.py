@@ -13,8 +13,8 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
-from referee.types import Score, Status
 from referee.types import Sample as PySample
+from referee.types import Score, Status
 from referee.v1 import reward_pb2 as pb
 
 SAMPLE_FIELDS = ("id", "prompt", "completion", "reference", "metadata")

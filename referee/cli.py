@@ -1,0 +1,277 @@
+"""The `referee` command line.
+
+    referee serve verifiers [--port 0] [--workers N] [--load pkg.mod:name ...]
+    referee score --target HOST:PORT --reward NAME [--input FILE|-] [--params JSON]
+    referee list --target HOST:PORT
+    referee health --target HOST:PORT
+
+A token can come from `--token` or the REFEREE_TOKEN environment variable (which keeps
+it out of the process list).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, TextIO
+
+TOKEN_ENV = "REFEREE_TOKEN"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        raise SystemExit(2)
+    try:
+        code = args.run(args)
+    except KeyboardInterrupt:
+        code = 130
+    raise SystemExit(code or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="referee",
+        description="Reward and verifier services over gRPC, and the tools to use them.",
+    )
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run a referee service", description="Run a referee service.")
+    serve_sub = serve.add_subparsers(title="services", metavar="SERVICE")
+    v = serve_sub.add_parser(
+        "verifiers",
+        help="rule-based verifiers (math, exact, regex, choice, format, json, length) and custom ones",
+        description="Serve rule-based verifiers over gRPC (referee.v1.RewardService). "
+        "CPU-bound verification runs in worker processes with a hard per-sample time limit.",
+    )
+    _server_args(v)
+    v.add_argument("--workers", type=int, default=os.cpu_count() or 2,
+                   help="worker processes for verification (default: CPU count)")
+    v.add_argument("--timeout", type=float, default=10.0,
+                   help="per-sample time limit in seconds for verifiers that set none (default 10)")
+    v.add_argument("--load", action="append", default=[], metavar="MODULE:NAME",
+                   help="also serve a custom verifier (function, class or instance); repeatable")
+    v.add_argument("--no-builtins", action="store_true", help="do not serve the built-in verifiers")
+    v.add_argument("--no-entrypoints", action="store_true",
+                   help="ignore verifiers published by installed packages (entry-point group referee.verifiers)")
+    v.add_argument("--cache-size", type=int, default=100_000, help="LRU result cache entries; 0 disables")
+    v.add_argument("--worker-memory-mb", type=int, default=None, help="address-space limit per worker")
+    v.add_argument("--max-batch", type=int, default=16384, help="most samples per request")
+    v.set_defaults(run=_run_serve_verifiers)
+
+    score = sub.add_parser(
+        "score",
+        help="score JSONL samples against a running service",
+        description="Read samples as JSONL (fields id, prompt, completion, reference, metadata) "
+        "and write one JSON score per line (id, status, value, components, reason). "
+        "value is null whenever status is not OK.",
+    )
+    _client_args(score)
+    score.add_argument("--reward", required=True, help="the reward to apply (see `referee list`)")
+    score.add_argument("--input", default="-", help="JSONL file of samples, or - for stdin (default)")
+    score.add_argument("--output", default="-", help="where to write scores (default stdout)")
+    score.add_argument("--params", default="{}", help="reward params as a JSON object")
+    score.set_defaults(run=_run_score)
+
+    lst = sub.add_parser("list", help="list the rewards a service offers",
+                         description="List each reward's name, kind, version, description and params.")
+    _client_args(lst)
+    lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    lst.set_defaults(run=_run_list)
+
+    health = sub.add_parser("health", help="ask a service's gRPC health endpoint (exit 0 when SERVING)",
+                            description="Query grpc.health.v1 on a target; exit 0 when SERVING, 1 otherwise.")
+    health.add_argument("--target", required=True, help="HOST:PORT")
+    health.add_argument("--service", default="", help="service name to ask about (default: the server)")
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    health.add_argument("--tls-ca", type=Path, default=None, help="CA certificate (PEM) to trust; enables TLS")
+    health.set_defaults(run=_run_health)
+    return p
+
+
+def _server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=50051, help="port to bind; 0 picks a free one (default 50051)")
+    p.add_argument("--token", default=None, help=f"require this bearer token (or set {TOKEN_ENV})")
+    p.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain; enables TLS")
+    p.add_argument("--tls-key", type=Path, default=None, help="PEM private key for --tls-cert")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    p.add_argument("--max-concurrency", type=int, default=64,
+                   help="calls served at once; more get RESOURCE_EXHAUSTED (default 64)")
+    p.add_argument("--max-request-mb", type=float, default=64.0, help="largest request accepted (default 64)")
+    p.add_argument("--grace", type=float, default=30.0, help="seconds to drain on SIGTERM (default 30)")
+    p.add_argument("--log-level", default="WARNING", help="Python logging level (default WARNING)")
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", required=True, help="HOST:PORT; comma-separate several replicas")
+    p.add_argument("--token", default=None, help=f"bearer token (or set {TOKEN_ENV})")
+    p.add_argument("--tls-ca", type=Path, default=None, help="CA certificate (PEM) to trust; enables TLS")
+    p.add_argument("--timeout", type=float, default=60.0, help="deadline per call in seconds (default 60)")
+
+
+def _server_config(args: argparse.Namespace) -> Any:
+    from referee.rewardsvc.config import ServerConfig
+
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        token=args.token or os.environ.get(TOKEN_ENV) or None,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        metrics_port=args.metrics_port,
+        max_concurrency=args.max_concurrency,
+        max_request_bytes=int(args.max_request_mb * 1024 * 1024),
+        grace_s=args.grace,
+    )
+
+
+def _run_serve_verifiers(args: argparse.Namespace) -> int:
+    import logging
+
+    from referee.registry import BUILTIN, ENTRYPOINTS, LoadError
+    from referee.rewardsvc.config import VerifierPoolConfig
+    from referee.rewardsvc.server import serve
+    from referee.rewardsvc.verifier_service import VerifierService
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Like uvicorn, make modules in the working directory loadable with --load.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    specs = ([] if args.no_builtins else [BUILTIN]) + ([] if args.no_entrypoints else [ENTRYPOINTS])
+    specs += args.load
+    try:
+        cfg = _server_config(args)
+        pool_cfg = VerifierPoolConfig(
+            workers=args.workers, timeout_s=args.timeout, cache_size=args.cache_size,
+            worker_memory_mb=args.worker_memory_mb, max_batch_samples=args.max_batch,
+        )
+        service = VerifierService(specs, pool_cfg)
+    except (ValueError, LoadError) as e:
+        print(f"referee serve verifiers: {e}", file=sys.stderr)
+        return 2
+    print(f"serving rewards: {', '.join(sorted(service.rewards))}", flush=True)
+    asyncio.run(serve(cfg, [service], "verifiers"))
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from referee.rewardsvc.client import RewardClient
+
+    return RewardClient(
+        args.target,
+        token=args.token or os.environ.get(TOKEN_ENV) or None,
+        tls_ca=args.tls_ca,
+        timeout_s=args.timeout,
+    )
+
+
+def _read_samples(stream: TextIO, name: str) -> list[Any]:
+    from referee.convert import sample_from_json
+
+    samples = []
+    for n, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{name} line {n}: not valid JSON ({e.msg} at column {e.colno})") from None
+        samples.append(sample_from_json(row, f"{name} line {n}"))
+    return samples
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from referee.rewardsvc.client import RewardCallError
+
+    try:
+        params = json.loads(args.params)
+        if not isinstance(params, dict):
+            raise ValueError("--params must be a JSON object")
+        if args.input == "-":
+            samples = _read_samples(sys.stdin, "stdin")
+        else:
+            with open(args.input, encoding="utf-8") as f:
+                samples = _read_samples(f, args.input)
+    except (OSError, ValueError) as e:
+        print(f"referee score: {e}", file=sys.stderr)
+        return 2
+
+    async def go() -> list[Any]:
+        async with _client(args) as c:
+            return await c.score(args.reward, samples, params)
+
+    try:
+        scores = asyncio.run(go())
+    except RewardCallError as e:
+        print(f"referee score: {e}", file=sys.stderr)
+        return 1
+    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
+    try:
+        for s in scores:
+            out.write(json.dumps(s.to_json(), ensure_ascii=False) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    counts = Counter(s.status.value for s in scores)
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    print(f"scored {len(scores)} samples: {summary}", file=sys.stderr)
+    return 0
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    from referee.rewardsvc.client import RewardCallError
+
+    async def go() -> list[Any]:
+        async with _client(args) as c:
+            return await c.list_rewards()
+
+    try:
+        rewards = asyncio.run(go())
+    except RewardCallError as e:
+        print(f"referee list: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps([asdict(r) for r in rewards], indent=2))
+        return 0
+    for r in rewards:
+        print(f"{r.name}  [{r.kind} v{r.version}, {r.timeout_s:g}s]  {r.description}")
+        for p in r.params:
+            default = "required" if p.required else f"default {p.default_json}"
+            print(f"    {p.name}: {p.type} ({default})  {p.description}")
+    return 0
+
+
+def _run_health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    if args.tls_ca is not None:
+        creds = grpc.ssl_channel_credentials(root_certificates=args.tls_ca.read_bytes())
+        channel = grpc.secure_channel(args.target, creds)
+    else:
+        channel = grpc.insecure_channel(args.target)
+    with channel:
+        try:
+            resp = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as e:
+            print(f"{args.target}: {e.code().name}: {e.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    print(status)
+    return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+if __name__ == "__main__":
+    main()

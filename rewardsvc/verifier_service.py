@@ -1,0 +1,219 @@
+"""The RewardService backed by verifiers run in a worker pool: `referee serve verifiers`.
+
+A request is checked whole before anything runs (unknown reward, bad params, too many
+samples: INVALID_ARGUMENT naming the problem); per-sample problems (no completion, a
+malformed metadata field) become per-sample INVALID_INPUT scores, so one bad sample
+never costs the batch. Cache hits are answered from the parent process; the rest goes
+to the pool, which enforces each reward's per-sample time limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from referee.rewardsvc.cache import ResultCache, params_digest, sample_key
+from referee.rewardsvc.config import VerifierPoolConfig
+from referee.rewardsvc.metrics import ServerMetrics
+from referee.rewardsvc.pool import WorkerPool
+from referee.rewardsvc.worker import RawResult
+
+from referee.convert import struct_to_dict
+from referee.registry import load_specs
+from referee.v1 import reward_pb2 as pb
+from referee.v1 import reward_pb2_grpc
+from referee.verifier import Verifier, validate_params
+
+_STATUS = {
+    "OK": pb.STATUS_OK,
+    "INVALID_INPUT": pb.STATUS_INVALID_INPUT,
+    "TIMEOUT": pb.STATUS_TIMEOUT,
+    "ERROR": pb.STATUS_ERROR,
+    "UNAVAILABLE": pb.STATUS_UNAVAILABLE,
+}
+STREAM_WINDOW = 8
+
+
+class RequestError(ValueError):
+    """The request as a whole is malformed; becomes INVALID_ARGUMENT."""
+
+
+class VerifierService(reward_pb2_grpc.RewardServiceServicer):
+    """Serves the verifiers named by `specs` (see `referee.registry`)."""
+
+    full_name = "referee.v1.RewardService"
+
+    def __init__(self, specs: list[str], cfg: VerifierPoolConfig) -> None:
+        self._cfg = cfg
+        self._table: dict[str, Verifier] = load_specs(specs)
+        if not self._table:
+            raise ValueError(f"no verifiers to serve from {specs}")
+        self._cache = ResultCache(cfg.cache_size)
+        self._metrics = ServerMetrics()  # replaced by the server's in attach()
+        preload = sorted({type(v).__module__ for v in self._table.values()} |
+                         {getattr(getattr(v, "fn", None), "__module__", "") for v in self._table.values()})
+        self._pool = WorkerPool(
+            specs,
+            cfg.workers,
+            chunk_size=cfg.chunk_size,
+            memory_mb=cfg.worker_memory_mb,
+            preload=[m for m in preload if m and m != "__main__"],
+            on_restart=lambda reason: self._metrics.worker_restarts.labels(reason).inc(),
+            on_queue=lambda depth: self._metrics.queue_depth.set(depth),
+        )
+        names = self._pool.start()
+        if sorted(names) != sorted(self._table):
+            self._pool.close()
+            raise RuntimeError(f"workers loaded {names}, the server {sorted(self._table)}")
+
+    @property
+    def rewards(self) -> dict[str, Verifier]:
+        return dict(self._table)
+
+    def attach(self, server: grpc.aio.Server, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
+        reward_pb2_grpc.add_RewardServiceServicer_to_server(self, server)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._pool.close)
+
+    # --- RPCs -------------------------------------------------------------------------
+
+    async def ListRewards(self, request: pb.ListRewardsRequest, context: Any) -> pb.ListRewardsResponse:
+        return pb.ListRewardsResponse(rewards=[self._info(v) for v in self._table.values()])
+
+    async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
+        try:
+            return await self.score(request)
+        except RequestError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            raise  # unreachable: abort raises
+
+    async def ScoreStream(
+        self, request_iterator: AsyncIterator[pb.ScoreRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ScoreResponse]:
+        """Scores up to STREAM_WINDOW requests of one stream at once; reading pauses
+        beyond that, which is the stream's backpressure."""
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        done: asyncio.Queue[pb.ScoreResponse | BaseException | None] = asyncio.Queue()
+
+        async def one(req: pb.ScoreRequest) -> None:
+            try:
+                await done.put(await self.score(req))
+            except RequestError as e:
+                tag = f" (request_id {req.request_id!r})" if req.request_id else ""
+                await done.put(RequestError(f"{e}{tag}"))
+            finally:
+                window.release()
+
+        async def reader() -> None:
+            tasks: set[asyncio.Task[None]] = set()
+            async for req in request_iterator:
+                await window.acquire()
+                t = asyncio.create_task(one(req))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+            await asyncio.gather(*tasks)
+            await done.put(None)
+
+        read = asyncio.create_task(reader())
+        try:
+            while (item := await done.get()) is not None:
+                if isinstance(item, RequestError):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(item))
+                yield item
+            await read
+        finally:
+            read.cancel()
+
+    # --- scoring ----------------------------------------------------------------------
+
+    async def score(self, req: pb.ScoreRequest) -> pb.ScoreResponse:
+        v, params = self._check(req)
+        prefix = params_digest(v.name, v.version, params)
+        n = len(req.samples)
+        scores: list[pb.Score | None] = [None] * n
+        keys: list[bytes] = []
+        todo: list[int] = []
+        for i, s in enumerate(req.samples):
+            if not s.HasField("completion"):
+                scores[i] = pb.Score(id=s.id, status=pb.STATUS_INVALID_INPUT,
+                                     reason=f"sample {i} (id {s.id!r}) has no completion")
+                keys.append(b"")
+                continue
+            key = sample_key(prefix, s) if self._cache.enabled else b""
+            keys.append(key)
+            hit = self._cache.get(key) if key else None
+            if hit is None:
+                todo.append(i)
+                continue
+            status, value, reason, comps = hit
+            scores[i] = pb.Score(id=s.id, status=_STATUS[status], value=value or 0.0,
+                                 components=comps, reason=reason, cached=True)
+        self._metrics.cache_hits.inc(n - len(todo))
+        self._metrics.cache_misses.inc(len(todo))
+        if todo:
+            blobs = [req.samples[i].SerializeToString() for i in todo]
+            timeout = min(v.timeout_s or self._cfg.timeout_s, self._cfg.max_timeout_s)
+            raw = await self._pool.run(v.name, params, blobs, timeout)
+            self._record(v.name, raw)
+            for r in raw:
+                i = todo[r[0]]
+                if keys[i]:
+                    self._cache.put(keys[i], r)
+                scores[i] = _to_score(req.samples[i].id, r)
+        for s in scores:
+            self._metrics.samples.labels(v.name, pb.Status.Name(s.status)[7:]).inc()  # type: ignore[union-attr]
+        return pb.ScoreResponse(scores=scores, request_id=req.request_id, reward=v.name, version=v.version)
+
+    def _check(self, req: pb.ScoreRequest) -> tuple[Verifier, dict[str, Any]]:
+        v = self._table.get(req.reward)
+        if v is None:
+            offered = ", ".join(sorted(self._table))
+            raise RequestError(f"unknown reward {req.reward!r}; this service offers: {offered}")
+        if len(req.samples) > self._cfg.max_batch_samples:
+            raise RequestError(
+                f"request has {len(req.samples)} samples; at most {self._cfg.max_batch_samples} "
+                "per request (the referee client splits batches for you)"
+            )
+        try:
+            params = validate_params(v, struct_to_dict(req.params))
+            check = getattr(v, "check_params", None)
+            if check is not None:
+                check(params)
+        except ValueError as e:
+            raise RequestError(f"params: {e}") from e
+        return v, params
+
+    def _record(self, reward: str, raw: list[RawResult]) -> None:
+        hist = self._metrics.sample_latency.labels(reward)
+        for r in raw:
+            hist.observe(r[5])
+
+    def _info(self, v: Verifier) -> pb.RewardInfo:
+        return pb.RewardInfo(
+            name=v.name,
+            kind=v.kind,
+            version=v.version,
+            description=v.description,
+            timeout_s=min(v.timeout_s or self._cfg.timeout_s, self._cfg.max_timeout_s),
+            params=[
+                pb.RewardParam(name=p.name, type=p.type, description=p.description,
+                               default_json=p.default_json(), required=p.required)
+                for p in v.params
+            ],
+        )
+
+
+def _to_score(sample_id: str, r: RawResult) -> pb.Score:
+    _, status, value, reason, comps, cost = r
+    return pb.Score(
+        id=sample_id,
+        status=_STATUS[status],
+        value=value if value is not None else 0.0,
+        components=comps,
+        reason=reason,
+        cost_s=cost,
+    )
