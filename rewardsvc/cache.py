@@ -15,7 +15,6 @@ from collections import OrderedDict
 from typing import Any
 
 from referee.rewardsvc.worker import RawResult
-
 from referee.v1 import reward_pb2 as pb
 
 CACHEABLE = frozenset({"OK", "INVALID_INPUT"})

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+
 from referee.rewardsvc.metrics import ServerMetrics
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"

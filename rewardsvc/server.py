@@ -21,6 +21,7 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from referee.rewardsvc.config import ServerConfig
 from referee.rewardsvc.interceptors import GateInterceptor
 from referee.rewardsvc.metrics import ServerMetrics

@@ -14,14 +14,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+
+from referee.convert import struct_to_dict
+from referee.registry import load_specs
 from referee.rewardsvc.cache import ResultCache, params_digest, sample_key
 from referee.rewardsvc.config import VerifierPoolConfig
 from referee.rewardsvc.metrics import ServerMetrics
 from referee.rewardsvc.pool import WorkerPool
 from referee.rewardsvc.worker import RawResult
-
-from referee.convert import struct_to_dict
-from referee.registry import load_specs
 from referee.v1 import reward_pb2 as pb
 from referee.v1 import reward_pb2_grpc
 from referee.verifier import Verifier, validate_params

@@ -1,0 +1,1 @@
+"""An example team's verifier package (see ../README.md)."""
