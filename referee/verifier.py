@@ -88,9 +88,15 @@ class FunctionVerifier:
     description: str = ""
     params: tuple[Param, ...] = field(default_factory=tuple)
     timeout_s: float | None = None
+    param_check: Callable[..., None] | None = None
 
     def verify(self, sample: Sample, **params: Any) -> Result:
         return self.fn(sample, **params)
+
+    def check_params(self, params: dict[str, Any]) -> None:
+        """Rejects bad param values once per request (ValueError -> INVALID_ARGUMENT)."""
+        if self.param_check is not None:
+            self.param_check(**params)
 
     def __call__(self, sample: Sample, **params: Any) -> Result:
         return self.fn(sample, **params)
@@ -104,12 +110,16 @@ def verifier(
     description: str | None = None,
     param_docs: Mapping[str, str] | None = None,
     timeout_s: float | None = None,
+    check_params: Callable[..., None] | None = None,
 ) -> Callable[[Callable[..., Result]], FunctionVerifier]:
     """Declares a function ``fn(sample, *, p1=..., p2=...) -> Result`` as a verifier.
 
     Keyword-only arguments become the accepted params, typed from their annotations
     (bool, int, float, str, list, dict, optionally ``| None``); those without a default
     are required. `description` defaults to the first paragraph of the docstring.
+    `check_params(**params)` may raise ValueError for values that are well-typed but
+    wrong (a bad regex, min > max): the server calls it once per request and answers
+    INVALID_ARGUMENT, instead of failing every sample.
     """
     if not name or not version:
         raise ValueError("a verifier needs a non-empty name and version")
@@ -126,6 +136,7 @@ def verifier(
             description=doc,
             params=params_from_signature(fn, param_docs or {}),
             timeout_s=timeout_s,
+            param_check=check_params,
         )
 
     return wrap
