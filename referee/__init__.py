@@ -5,11 +5,12 @@ The names a verifier author needs are importable from here:
     from referee import Result, Sample, Status, InvalidInput, verifier
 """
 
-from referee.types import InvalidInput, Result, Sample, Score, Status
+from referee.types import InvalidInput, InvalidParams, Result, Sample, Score, Status
 from referee.verifier import Param, Verifier, verifier
 
 __all__ = [
     "InvalidInput",
+    "InvalidParams",
     "Param",
     "Result",
     "Sample",

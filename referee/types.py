@@ -35,6 +35,16 @@ class InvalidInput(ValueError):
     """
 
 
+class InvalidParams(ValueError):
+    """Raised by a verifier when the request's params (not the sample) are wrong.
+
+    The server answers the whole request INVALID_ARGUMENT with this message, since no
+    sample can be scored with them. Prefer declaring a `check_params` hook, which
+    rejects the request before any work; this is the fallback for checks made inside
+    `verify`.
+    """
+
+
 @dataclass(frozen=True)
 class Sample:
     """One completion to score. JSONL rows use exactly these field names.

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -206,6 +207,7 @@ def _coerce(reward: str, p: Param, value: Any) -> Any:
             value = int(value)
     elif p.type == "number":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)
         if ok:
             value = float(value)
     elif p.type == "string":

@@ -288,7 +288,14 @@ def _as_proto(s: SampleLike, index: int) -> pb.Sample:
     if isinstance(s, pb.Sample):
         return s
     if isinstance(s, Sample):
-        return sample_to_proto(s)
+        try:
+            return sample_to_proto(s)
+        except (ValueError, TypeError) as e:  # e.g. a non-JSON metadata value, a non-str field
+            raise ValueError(f"sample {index} (id {s.id!r}): {e}") from e
+    if not isinstance(s, Mapping):
+        raise ValueError(
+            f"sample {index}: expected a dict, referee.Sample or referee.v1 Sample, got {type(s).__name__}"
+        )
     return sample_to_proto(sample_from_json(dict(s), f"sample {index}"))
 
 

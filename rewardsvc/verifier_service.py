@@ -21,7 +21,7 @@ from referee.rewardsvc.cache import ResultCache, params_digest, sample_key
 from referee.rewardsvc.config import VerifierPoolConfig
 from referee.rewardsvc.metrics import ServerMetrics
 from referee.rewardsvc.pool import WorkerPool
-from referee.rewardsvc.worker import RawResult
+from referee.rewardsvc.worker import INVALID_PARAMS, RawResult
 from referee.v1 import reward_pb2 as pb
 from referee.v1 import reward_pb2_grpc
 from referee.verifier import Verifier, validate_params
@@ -158,6 +158,9 @@ class VerifierService(reward_pb2_grpc.RewardServiceServicer):
             blobs = [req.samples[i].SerializeToString() for i in todo]
             timeout = min(v.timeout_s or self._cfg.timeout_s, self._cfg.max_timeout_s)
             raw = await self._pool.run(v.name, params, blobs, timeout)
+            bad = next((r for r in raw if r[1] == INVALID_PARAMS), None)
+            if bad is not None:
+                raise RequestError(f"params: {bad[3]}")
             self._record(v.name, raw)
             for r in raw:
                 i = todo[r[0]]

@@ -22,11 +22,13 @@ from typing import Any
 
 from referee.convert import sample_from_proto
 from referee.registry import LoadError, load_specs
-from referee.types import InvalidInput, Result, Status
+from referee.types import InvalidInput, InvalidParams, Result, Status
 from referee.v1 import reward_pb2 as pb
 from referee.verifier import Verifier
 
 FLUSH_S = 0.05
+# Not a per-sample status: the parent turns it into INVALID_ARGUMENT for the request.
+INVALID_PARAMS = "INVALID_PARAMS"
 
 # (index, status value, value or None, reason, components, cost seconds)
 RawResult = tuple[int, str, "float | None", str, dict[str, float], float]
@@ -66,11 +68,16 @@ def run_job(
     v = table[reward]
     out: list[RawResult] = []
     last_flush = time.monotonic()
-    for index, blob in items:
+    for pos, (index, blob) in enumerate(items):
         progress[1] = time.monotonic()  # start time first: the parent reads index then time
         progress[0] = index
         t0 = time.perf_counter()
-        result = score_one(v, blob, params)
+        try:
+            result = score_one(v, blob, params)
+        except InvalidParams as e:
+            # Every other sample would fail the same way: answer them all at once.
+            out.extend((i, INVALID_PARAMS, None, str(e), {}, 0.0) for i, _ in items[pos:])
+            break
         cost = time.perf_counter() - t0
         out.append((index, result.status.value, result.value, result.reason, result.components, cost))
         if time.monotonic() - last_flush > FLUSH_S:
@@ -82,10 +89,15 @@ def run_job(
 
 
 def score_one(v: Verifier, blob: bytes, params: dict[str, Any]) -> Result:
-    """Runs one verifier call and maps every way it can fail onto a status."""
+    """Runs one verifier call and maps every way it can fail onto a status.
+
+    InvalidParams propagates: it condemns the request, not the sample.
+    """
     sample = sample_from_proto(pb.Sample.FromString(blob))
     try:
         result = v.verify(sample, **params)
+    except InvalidParams:
+        raise
     except InvalidInput as e:
         return Result.invalid(str(e) or "invalid input")
     except MemoryError:

@@ -15,7 +15,7 @@ def builtin_verifiers() -> tuple[Verifier, ...]:
     from referee.verifiers.format import format_reward
     from referee.verifiers.json_check import json_reward
     from referee.verifiers.length import length
-    from referee.verifiers.math_answer import math_reward
     from referee.verifiers.match import exact, normalized_match, regex
+    from referee.verifiers.math_answer import math_reward
 
     return (math_reward, exact, normalized_match, regex, choice, format_reward, json_reward, length)
