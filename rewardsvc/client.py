@@ -5,16 +5,19 @@ What it guarantees, whatever the servers do:
 - one `Score` per input sample, in input order, each with a status; a sample that could
   not be scored carries a non-OK status and `value=None`, never a silent 0;
 - a deadline on every call (`timeout_s` covers the whole call, retries included);
-- retries only where retrying can help: `UNAVAILABLE` (moving to another replica) and
-  `RESOURCE_EXHAUSTED` from a busy server (after a jittered exponential backoff);
+- retries only where retrying can help: `UNAVAILABLE` or a `CANCELLED` sent by the
+  server (moving to another replica) and `RESOURCE_EXHAUSTED` from a busy server (after
+  a jittered exponential backoff);
 - several replica addresses: each chunk goes to the replica with the fewest calls in
-  flight, and a replica that answers UNAVAILABLE is avoided for a while (failover);
+  flight, and a replica that answers UNAVAILABLE (or cancels the call: it is shutting
+  down) is avoided for a while, the call moving to another (failover);
 - large batches split into chunks (by count and by encoded size) sent concurrently.
 
 When every retry fails for transport reasons, the chunk's samples come back as
-`UNAVAILABLE` (or `TIMEOUT` when the deadline ran out) with the cause in `reason`, so a
-trainer masks them. Errors that no retry can fix (INVALID_ARGUMENT, UNAUTHENTICATED,
-UNIMPLEMENTED, ...) raise `RewardCallError`: they are bugs or misconfiguration.
+`UNAVAILABLE` (or `TIMEOUT` when the last attempt ran out of time) with the cause in
+`reason`, so a trainer masks them. Errors that no retry can fix (INVALID_ARGUMENT,
+UNAUTHENTICATED, UNIMPLEMENTED, ...) raise `RewardCallError`: they are bugs or
+misconfiguration. `list_rewards`, having no samples to mark, raises it for both.
 
 >>> with SyncRewardClient("127.0.0.1:50051") as c:          # doctest: +SKIP
 ...     [s.value for s in c.score("exact", [{"completion": "4", "reference": "4"}])]
@@ -42,7 +45,10 @@ from referee.v1 import reward_pb2_grpc
 
 T = TypeVar("T")
 SampleLike = Sample | Mapping[str, Any] | pb.Sample
-_RETRY_AWAY = {grpc.StatusCode.UNAVAILABLE}
+# CANCELLED reaches us as an RpcError only when the server cancelled the call (our own
+# cancellations raise asyncio.CancelledError): a replica shutting down cancels the calls
+# it had just accepted, racing its UNAVAILABLE; either way the samples were not scored.
+_RETRY_AWAY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 _RETRY_LATER = {grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
@@ -145,8 +151,11 @@ class RewardClient:
         await asyncio.gather(*(r.channel.close() for r in self._replicas))
 
     async def list_rewards(self, timeout_s: float | None = None) -> list[RewardInfo]:
-        resp = await self._call(lambda stub, t: stub.ListRewards(
-            pb.ListRewardsRequest(), timeout=t, metadata=self._metadata), timeout_s)
+        try:
+            resp = await self._call(lambda stub, t: stub.ListRewards(
+                pb.ListRewardsRequest(), timeout=t, metadata=self._metadata), timeout_s)
+        except _GaveUp as e:  # no samples to mark: the caller gets the transport failure
+            raise RewardCallError(e.code, str(e), ", ".join(self.targets)) from None
         return [
             RewardInfo(r.name, r.kind, r.version, r.description, r.timeout_s, tuple(
                 RewardParamInfo(p.name, p.type, p.description, p.default_json, p.required)
@@ -167,9 +176,17 @@ class RewardClient:
         params_struct = dict_to_struct(params or {}, "params")
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         chunks = self._chunks(msgs)
-        parts = await asyncio.gather(
-            *(self._score_chunk(reward, params_struct, c, deadline) for c in chunks)
-        )
+        tasks = [asyncio.ensure_future(self._score_chunk(reward, params_struct, c, deadline))
+                 for c in chunks]
+        try:
+            parts = await asyncio.gather(*tasks)
+        except BaseException:
+            # One chunk raised (or we were cancelled): the others' answers are of no use,
+            # so stop their calls instead of leaving them to hold server capacity.
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         return [s for part in parts for s in part]
 
     # --- internals --------------------------------------------------------------------
@@ -250,9 +267,9 @@ class RewardClient:
             replica.failures = 0
             replica.down_until = 0.0
             return result
+        # The last error says why: replicas unreachable or busy until the deadline is
+        # UNAVAILABLE, not TIMEOUT; TIMEOUT is for an attempt that ran out of time.
         code = last.code() if last is not None else grpc.StatusCode.DEADLINE_EXCEEDED
-        if deadline - time.monotonic() <= 0:
-            code = grpc.StatusCode.DEADLINE_EXCEEDED
         detail = f"{last.code().name}: {last.details()}" if last is not None else "no attempt finished"
         raise _GaveUp(code, f"gave up after the deadline ({', '.join(self.targets)}); last error {detail}")
 
@@ -275,7 +292,8 @@ class RewardClient:
 
     def _jitter(self, attempt: int) -> float:
         base, cap = self._backoff
-        return random.uniform(0, min(cap, base * 2**attempt))
+        # The exponent is capped: 2**attempt as a float overflows past ~1024 failures.
+        return random.uniform(0, min(cap, base * 2.0 ** min(attempt, 60)))
 
 
 class _GaveUp(Exception):
@@ -313,7 +331,13 @@ class SyncRewardClient:
         async def make() -> RewardClient:
             return RewardClient(targets, **kwargs)
 
-        self._client = self._run(make())
+        try:
+            self._client = self._run(make())
+        except BaseException:  # bad arguments: stop the loop thread before raising
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+            self._loop.close()
+            raise
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
