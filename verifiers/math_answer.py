@@ -24,11 +24,14 @@ What counts as equal (math-verify's rules, plus the preprocessing in math_extrac
 - ``x = 5`` matches ``5`` (either side), and several answers ("2 and 3",
   ``\\boxed{2}, \\boxed{3}``) form a set.
 
-What it does not cover: it does not judge the reasoning, only the final answer; it
-cannot tell a wrong answer from an unparseable one written in prose ("the answer is
-five" is no answer); an "answer is" phrase is cut at the sentence end by a heuristic;
-reasoning blocks (``<think>``) are searched like any other text; and with `strict` off,
-variable names are matched by position, which can equate unrelated expressions.
+What it does not cover: it does not judge the reasoning, only the final answer; an
+answer in words is no answer ("the answer is five"); an "answer is" phrase is cut at
+the sentence end by a heuristic; any LaTeX beats a later bare number, so "$x=3$, so the
+total is 7" is graded as 3; reasoning blocks (``<think>``) are searched like any other
+text; a reference in prose is not rejected but read as a product of symbols, which
+matches nothing numeric; with `strict` off, variable names are matched by position,
+which can equate unrelated expressions; and math-verify itself turns an error inside
+SymPy into "no parse" or "not equal", which is not re-checked here.
 
 Time: SymPy can take unbounded time on hostile answers (``9^{9^{9^9}}``). Each sample
 gets one deadline of `BUDGET_S` seconds (SIGALRM, main thread only), and an overrun is
@@ -50,7 +53,7 @@ from typing import Any
 
 from math_verify import verify
 
-from referee.types import InvalidInput, Result, Sample
+from referee.types import InvalidInput, InvalidParams, Result, Sample
 from referee.verifier import verifier
 from referee.verifiers.math_extract import (
     STAGES,
@@ -88,6 +91,25 @@ logging.getLogger("math_verify.parser").addFilter(_quiet_timeout_warning)
 logging.getLogger("math_verify.grader").addFilter(_quiet_timeout_warning)
 
 
+def _check_params(
+    *, float_rounding: Any = 6, strict: Any = True, extract_from: Any = "auto"
+) -> None:
+    """InvalidParams naming the param: the whole request is wrong, not one sample.
+
+    Declared as the verifier's `check_params`, so the server rejects a bad request with
+    INVALID_ARGUMENT before any work; `math_reward` repeats it for direct callers.
+    """
+    if isinstance(float_rounding, bool) or not isinstance(float_rounding, int):
+        raise InvalidParams(f"param float_rounding must be an integer, got {float_rounding!r}")
+    if not 0 <= float_rounding <= 15:
+        raise InvalidParams(f"param float_rounding must be in 0..15, got {float_rounding}")
+    if not isinstance(strict, bool):
+        raise InvalidParams(f"param strict must be a boolean, got {strict!r}")
+    if extract_from not in EXTRACT_FROM:
+        choices = ", ".join(repr(k) for k in EXTRACT_FROM)
+        raise InvalidParams(f"param extract_from must be one of {choices}, got {extract_from!r}")
+
+
 @verifier(
     name="math",
     version="1",
@@ -102,6 +124,7 @@ logging.getLogger("math_verify.grader").addFilter(_quiet_timeout_warning)
         "\\boxed/\\fbox) or 'anchored' (\\boxed, else an 'answer is' phrase)",
     },
     timeout_s=10.0,
+    check_params=_check_params,
 )
 def math_reward(
     sample: Sample, *, float_rounding: int = 6, strict: bool = True, extract_from: str = "auto"
@@ -116,7 +139,7 @@ def math_reward(
     >>> math_reward(Sample(completion="I am not sure.", reference="7")).components
     {'extracted': 0.0, 'correct': 0.0}
     """
-    _check_params(float_rounding, strict, extract_from)
+    _check_params(float_rounding=float_rounding, strict=strict, extract_from=extract_from)
     if sample.completion is None:
         raise InvalidInput("completion is missing")
     try:
@@ -136,19 +159,6 @@ def math_reward(
             return _graded(answer, gold, sample.reference, correct)
     except _Deadline:
         return Result.timeout(f"math answer not graded within {BUDGET_S:g}s")
-
-
-def _check_params(float_rounding: Any, strict: Any, extract_from: Any) -> None:
-    """ValueError naming the param; the server reports it as INVALID_ARGUMENT."""
-    if isinstance(float_rounding, bool) or not isinstance(float_rounding, int):
-        raise ValueError(f"param 'float_rounding' must be an integer, got {float_rounding!r}")
-    if not 0 <= float_rounding <= 15:
-        raise ValueError(f"param 'float_rounding' must be in 0..15, got {float_rounding}")
-    if not isinstance(strict, bool):
-        raise ValueError(f"param 'strict' must be a boolean, got {strict!r}")
-    if extract_from not in EXTRACT_FROM:
-        choices = ", ".join(repr(k) for k in EXTRACT_FROM)
-        raise ValueError(f"param 'extract_from' must be one of {choices}, got {extract_from!r}")
 
 
 def _parse_reference(reference: str) -> list[Any]:

@@ -106,16 +106,26 @@ def normalize_unicode(text: str) -> str:
     return _NON_ASCII_DIGIT.sub(lambda m: str(unicodedata.digit(m.group(), 0)), text)
 
 
-def last_box(text: str) -> tuple[int, int] | None:
-    """Span (start of ``\\boxed``, index of its closing brace) of the last box, or None.
+def boxed_contents(text: str) -> list[str] | None:
+    """Contents of the last box and of up to 9 boxes chained before it by "," / "and" / "or".
 
-    Returns ``(start, -1)`` when the last box is never closed.
+    None when there is no box; [] when the last box is never closed.
     """
-    starts = [m for m in _BOX_OPEN.finditer(text)]
-    if not starts:
-        return None
-    m = starts[-1]
-    return m.start(), _closing_brace(text, m.end())
+    opens = list(_BOX_OPEN.finditer(text))
+    contents: list[str] = []
+    start = len(text)
+    for m in reversed(opens):
+        end = _closing_brace(text, m.end())
+        if not contents and end < 0:
+            return []
+        chained = 0 <= end < start and end >= start - 40
+        if contents and not (chained and _BOX_SEPARATOR.match(text, end + 1, start)):
+            break
+        contents.insert(0, text[m.end() : end])
+        start = m.start()
+        if len(contents) == 10:
+            break
+    return contents or None
 
 
 def _closing_brace(text: str, i: int) -> int:
@@ -135,27 +145,6 @@ def _closing_brace(text: str, i: int) -> int:
                 return i
         i += 1
     return -1
-
-
-def boxed_contents(text: str) -> list[str] | None:
-    """Contents of the last box and of boxes chained before it; [] if it is unclosed."""
-    found = last_box(text)
-    if found is None:
-        return None
-    start, end = found
-    if end < 0:
-        return []
-    contents = [text[text.index("{", start) + 1 : end]]
-    while True:
-        before = text[:start]
-        prev = last_box(before)
-        if prev is None or prev[1] < 0 or prev[1] < start - 40:
-            break
-        if not _BOX_SEPARATOR.match(before, prev[1] + 1):
-            break
-        contents.insert(0, before[before.index("{", prev[0]) + 1 : prev[1]])
-        start = prev[0]
-    return contents
 
 
 def latexify(span: str) -> str:
@@ -233,8 +222,11 @@ def extract_answer(completion: str, stages: tuple[str, ...] = STAGES) -> Answer:
             return Answer(None, "", [], "the last \\boxed{ is never closed")
         if contents is not None:
             joined = ", ".join(c.strip() for c in contents)
-            note = "" if len(joined) <= MAX_ANSWER_CHARS else "the boxed answer is too long"
-            return Answer("boxed", joined, parse_answer(joined), note)
+            parsed = parse_answer(joined)
+            note = "" if parsed else "the boxed answer is empty or could not be parsed"
+            if len(joined) > MAX_ANSWER_CHARS:
+                note = f"the boxed answer is over {MAX_ANSWER_CHARS} characters"
+            return Answer("boxed", joined, parsed, note)
     end = tail(text)
     if "phrase" in stages:
         span = phrase_span(end)
