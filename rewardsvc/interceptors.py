@@ -1,13 +1,19 @@
 """What every call passes through before a servicer sees it: auth, the concurrency
-limit, and per-method metrics.
+limit, draining, and per-method metrics.
 
-The gRPC health service is exempt from all three, so an orchestrator can probe a server
-that is busy or that needs a token. Reflection needs the token (it describes the API)
-but is not counted against the limit.
+The gRPC health service is exempt from all of them, so an orchestrator can probe a
+server that is busy or that needs a token. Reflection needs the token (it describes the
+API) but is not counted against the limit.
+
+Draining (`drain`, on SIGTERM): new calls get UNAVAILABLE, which clients retry on another
+replica, while the calls in flight finish. Stopping the gRPC server outright would
+instead answer calls arriving on already-open connections with CANCELLED, which clients
+(rightly) do not retry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +32,7 @@ class GateInterceptor(grpc.aio.ServerInterceptor):
         self._expected = f"Bearer {token}".encode() if token else None
         self._max = max_concurrency
         self._inflight = 0
+        self._draining = False
         self._metrics = metrics
 
     async def intercept_service(
@@ -44,9 +51,24 @@ class GateInterceptor(grpc.aio.ServerInterceptor):
                 handler,
                 lambda inner: _refuse(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token"),
             )
+        if self._draining:
+            self._metrics.rejected.labels("draining").inc()
+            self._metrics.requests.labels(method, "UNAVAILABLE").inc()
+            return _replace(
+                handler,
+                lambda inner: _refuse(grpc.StatusCode.UNAVAILABLE,
+                                      "server is shutting down; retry on another replica"),
+            )
         if method.startswith(REFLECTION_PREFIX):
             return handler
         return _replace(handler, lambda inner: self._limited(method, inner, handler))
+
+    async def drain(self, timeout: float) -> None:
+        """Refuses new calls from now on; returns when none is in flight or after `timeout`."""
+        self._draining = True
+        deadline = time.monotonic() + timeout
+        while self._inflight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
         for key, value in details.invocation_metadata or ():

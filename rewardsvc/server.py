@@ -3,8 +3,9 @@
 `create_server` builds and binds a `grpc.aio` server with health checking, reflection,
 auth, the concurrency limit, the request-size limit, TLS and metrics, and returns it
 without running it, so tests drive it on port 0 and `serve` adds only signal handling:
-SIGTERM (or SIGINT) flips health to NOT_SERVING, lets in-flight calls finish within the
-grace period, then closes the services (worker pools, clients) and exits.
+SIGTERM (or SIGINT) flips health to NOT_SERVING, answers new calls UNAVAILABLE, lets
+in-flight calls finish within the grace period, then closes the services (worker pools,
+clients) and exits.
 
 A service plugs in through the small `Service` protocol below.
 """
@@ -15,6 +16,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -53,6 +55,7 @@ class ServerHandle:
     health: health.aio.HealthServicer
     metrics: ServerMetrics
     metrics_port: int | None = None
+    gate: GateInterceptor | None = None
     _metrics_httpd: object | None = field(default=None, repr=False)
 
     @property
@@ -69,6 +72,11 @@ class ServerHandle:
     async def stop(self, grace: float | None) -> None:
         """Refuses new calls, waits up to `grace` for in-flight ones, then frees everything."""
         await self.health.enter_graceful_shutdown()
+        if grace and self.gate is not None:
+            # New calls get UNAVAILABLE (retried elsewhere) while in-flight ones finish.
+            t0 = time.monotonic()
+            await self.gate.drain(grace)
+            grace = max(0.0, grace - (time.monotonic() - t0))
         await self.server.stop(grace)
         for s in self.services:
             await s.close()
@@ -80,8 +88,9 @@ class ServerHandle:
 def create_server(cfg: ServerConfig, services: list[Service]) -> ServerHandle:
     """Builds the server, mounts `services`, binds the port; does not start it."""
     metrics = ServerMetrics()
+    gate = GateInterceptor(cfg.token, cfg.max_concurrency, metrics)
     server = grpc.aio.server(
-        interceptors=[GateInterceptor(cfg.token, cfg.max_concurrency, metrics)],
+        interceptors=[gate],
         options=[
             ("grpc.max_receive_message_length", cfg.max_request_bytes),
             ("grpc.max_send_message_length", cfg.max_request_bytes),
@@ -106,7 +115,7 @@ def create_server(cfg: ServerConfig, services: list[Service]) -> ServerHandle:
     if port == 0:
         raise OSError(f"could not bind {bind}")
 
-    handle = ServerHandle(server, port, cfg.host, services, health_servicer, metrics)
+    handle = ServerHandle(server, port, cfg.host, services, health_servicer, metrics, gate=gate)
     if cfg.metrics_port is not None:
         from prometheus_client import start_http_server
 
@@ -119,15 +128,17 @@ def create_server(cfg: ServerConfig, services: list[Service]) -> ServerHandle:
 async def serve(cfg: ServerConfig, services: list[Service], name: str) -> None:
     """Runs until SIGTERM/SIGINT, then drains gracefully. Prints the bound address."""
     handle = create_server(cfg, services)
+    # Handlers go in before the address is announced: whoever reads that line may send
+    # SIGTERM at once, and must get a drain, not the default kill.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     await handle.start()
     scheme = "grpcs" if cfg.tls_cert else "grpc"
     print(f"referee {name} listening on {scheme}://{handle.address}", flush=True)
     if handle.metrics_port is not None:
         print(f"metrics on http://{cfg.host}:{handle.metrics_port}/metrics", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
         print(f"referee {name}: draining (grace {cfg.grace_s:g}s)", file=sys.stderr, flush=True)

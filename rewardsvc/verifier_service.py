@@ -10,6 +10,7 @@ to the pool, which enforces each reward's per-sample time limit.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -105,6 +106,8 @@ class VerifierService(reward_pb2_grpc.RewardServiceServicer):
             except RequestError as e:
                 tag = f" (request_id {req.request_id!r})" if req.request_id else ""
                 await done.put(RequestError(f"{e}{tag}"))
+            except Exception as e:  # ends the stream as Score would; never drop a request
+                await done.put(e)
             finally:
                 window.release()
 
@@ -123,6 +126,8 @@ class VerifierService(reward_pb2_grpc.RewardServiceServicer):
             while (item := await done.get()) is not None:
                 if isinstance(item, RequestError):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(item))
+                if isinstance(item, BaseException):
+                    raise item
                 yield item
             await read
         finally:
@@ -137,6 +142,7 @@ class VerifierService(reward_pb2_grpc.RewardServiceServicer):
         scores: list[pb.Score | None] = [None] * n
         keys: list[bytes] = []
         todo: list[int] = []
+        hits = 0
         for i, s in enumerate(req.samples):
             if not s.HasField("completion"):
                 scores[i] = pb.Score(id=s.id, status=pb.STATUS_INVALID_INPUT,
@@ -149,10 +155,11 @@ class VerifierService(reward_pb2_grpc.RewardServiceServicer):
             if hit is None:
                 todo.append(i)
                 continue
+            hits += 1
             status, value, reason, comps = hit
             scores[i] = pb.Score(id=s.id, status=_STATUS[status], value=value or 0.0,
                                  components=comps, reason=reason, cached=True)
-        self._metrics.cache_hits.inc(n - len(todo))
+        self._metrics.cache_hits.inc(hits)  # samples with no completion are neither
         self._metrics.cache_misses.inc(len(todo))
         if todo:
             blobs = [req.samples[i].SerializeToString() for i in todo]
@@ -167,8 +174,10 @@ class VerifierService(reward_pb2_grpc.RewardServiceServicer):
                 if keys[i]:
                     self._cache.put(keys[i], r)
                 scores[i] = _to_score(req.samples[i].id, r)
-        for s in scores:
-            self._metrics.samples.labels(v.name, pb.Status.Name(s.status)[7:]).inc()  # type: ignore[union-attr]
+        # One labels().inc(k) per status, not per sample: at ~2 us a call, per-sample
+        # counting was a fifth of the server's CPU on cheap verifiers (bench/reward_service.py).
+        for status, k in Counter(s.status for s in scores).items():  # type: ignore[union-attr]
+            self._metrics.samples.labels(v.name, pb.Status.Name(status)[7:]).inc(k)
         return pb.ScoreResponse(scores=scores, request_id=req.request_id, reward=v.name, version=v.version)
 
     def _check(self, req: pb.ScoreRequest) -> tuple[Verifier, dict[str, Any]]:
@@ -212,11 +221,13 @@ class VerifierService(reward_pb2_grpc.RewardServiceServicer):
 
 def _to_score(sample_id: str, r: RawResult) -> pb.Score:
     _, status, value, reason, comps, cost = r
-    return pb.Score(
+    score = pb.Score(
         id=sample_id,
         status=_STATUS[status],
         value=value if value is not None else 0.0,
-        components=comps,
         reason=reason,
         cost_s=cost,
     )
+    if comps:  # passing an empty dict to the constructor still costs a map update (~1 us)
+        score.components.update(comps)
+    return score
