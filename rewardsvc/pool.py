@@ -118,6 +118,7 @@ class WorkerPool:
         self._queued_samples = 0
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._workers: list[_Worker] = []  # the live worker of each slot
         self._ids = itertools.count()
         self._closed = False
 
@@ -131,8 +132,9 @@ class WorkerPool:
             for w in workers:
                 w.kill()
             raise
-        for i, w in enumerate(workers):
-            t = threading.Thread(target=self._slot, args=(w,), name=f"verifier-slot-{i}", daemon=True)
+        self._workers = workers
+        for i in range(len(workers)):
+            t = threading.Thread(target=self._slot, args=(i,), name=f"verifier-slot-{i}", daemon=True)
             t.start()
             self._threads.append(t)
         return names
@@ -163,10 +165,21 @@ class WorkerPool:
         out.sort(key=lambda r: r[0])
         return out
 
-    def close(self) -> None:
+    def close(self, grace_s: float = 1.0) -> None:
+        """Stops the workers: idle ones at once, busy ones after `grace_s` (SIGKILL).
+
+        Called after the server has drained, so a chunk still running here belongs to a
+        call that was abandoned; its samples are answered ERROR.
+        """
         self._closed = True
         for _ in self._threads:
             self._queue.put(None)
+        deadline = time.monotonic() + grace_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        for w in self._workers:
+            if w.proc.is_alive():
+                w.proc.kill()
         for t in self._threads:
             t.join(10)
 
@@ -176,18 +189,23 @@ class WorkerPool:
             depth = self._queued_samples
         self._on_queue(depth)
 
-    def _slot(self, worker: _Worker) -> None:
+    def _slot(self, slot: int) -> None:
         """Slot thread: feeds one worker chunk after chunk, replacing it when it fails."""
         while True:
             chunk = self._queue.get()
             if chunk is None:
-                worker.conn.send(None)
+                worker = self._workers[slot]
+                try:
+                    worker.conn.send(None)
+                except OSError:
+                    pass  # already gone
+                worker.proc.join(1)
                 worker.kill()
                 return
             self._queue_change(-len(chunk.items))
             if chunk.done.cancelled():
                 continue
-            worker = self._execute(worker, chunk)
+            self._workers[slot] = self._execute(self._workers[slot], chunk)
             chunk.loop.call_soon_threadsafe(_resolve, chunk)
 
     def _execute(self, worker: _Worker, chunk: _Chunk) -> _Worker:
@@ -199,6 +217,10 @@ class WorkerPool:
             if outcome is None:
                 continue
             reason, index, status = outcome
+            if self._closed:  # close() killed it: answer the rest, start nothing new
+                for i in pending:
+                    chunk.results.append((i, "ERROR", None, "the server shut down before scoring this sample", {}, 0.0))
+                return worker
             self._on_restart(status.lower())
             worker.kill()
             worker = self._replace()

@@ -107,3 +107,19 @@ def test_bad_spec_fails_start_with_the_reason() -> None:
     p = WorkerPool(["fixture_verifiers:NOPE"], workers=1)
     with pytest.raises(PoolError, match="NOPE"):
         p.start()
+
+
+async def test_close_does_not_wait_for_a_hung_sample() -> None:
+    import asyncio
+
+    p = WorkerPool([CUSTOM], workers=1, chunk_size=4)
+    p.start()
+    running = asyncio.ensure_future(p.run("spin", {}, blobs("ab", fx.SPIN), timeout_s=60.0))
+    await asyncio.sleep(0.5)  # the worker is now spinning on the second sample
+    t0 = time.monotonic()
+    await asyncio.get_running_loop().run_in_executor(None, p.close)
+    assert time.monotonic() - t0 < 5.0, "close waited for the 60 s per-sample limit"
+    out = await asyncio.wait_for(running, 5)
+    # The first result may have been buffered in the killed worker: OK or ERROR, never lost.
+    assert out[0][1] in ("OK", "ERROR") and out[1][1] == "ERROR"
+    assert "shut down" in out[1][3]
