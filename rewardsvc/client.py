@@ -27,8 +27,6 @@ misconfiguration. `list_rewards`, having no samples to mark, raises it for both.
 from __future__ import annotations
 
 import asyncio
-import itertools
-import random
 import threading
 import time
 from collections.abc import Coroutine, Mapping, Sequence
@@ -39,27 +37,17 @@ from typing import Any, TypeVar
 import grpc
 
 from referee.convert import dict_to_struct, sample_from_json, sample_to_proto, score_from_proto
+from referee.rewardsvc.replicas import CallError, GaveUp, ReplicaSet
 from referee.types import Sample, Score, Status
 from referee.v1 import reward_pb2 as pb
 from referee.v1 import reward_pb2_grpc
 
 T = TypeVar("T")
 SampleLike = Sample | Mapping[str, Any] | pb.Sample
-# CANCELLED reaches us as an RpcError only when the server cancelled the call (our own
-# cancellations raise asyncio.CancelledError): a replica shutting down cancels the calls
-# it had just accepted, racing its UNAVAILABLE; either way the samples were not scored.
-_RETRY_AWAY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
-_RETRY_LATER = {grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
-class RewardCallError(RuntimeError):
-    """A call failed in a way retrying cannot fix; `code` is the gRPC status code."""
-
-    def __init__(self, code: grpc.StatusCode, details: str, target: str) -> None:
-        super().__init__(f"{target}: {code.name}: {details}")
-        self.code = code
-        self.details = details
-        self.target = target
+class RewardCallError(CallError):
+    """A reward call failed in a way retrying cannot fix; `code` is the gRPC status code."""
 
 
 @dataclass(frozen=True)
@@ -83,16 +71,6 @@ class RewardInfo:
     params: tuple[RewardParamInfo, ...] = field(default_factory=tuple)
 
 
-@dataclass
-class _Replica:
-    target: str
-    channel: grpc.aio.Channel
-    stub: reward_pb2_grpc.RewardServiceStub
-    outstanding: int = 0
-    down_until: float = 0.0
-    failures: int = 0
-
-
 class RewardClient:
     """Async client over one or more replicas of a RewardService."""
 
@@ -110,36 +88,27 @@ class RewardClient:
         backoff_base_s: float = 0.05,
         backoff_max_s: float = 2.0,
     ) -> None:
-        names = [targets] if isinstance(targets, str) else list(targets)
-        names = [t.strip() for n in names for t in n.split(",") if t.strip()]
-        if not names:
-            raise ValueError("RewardClient needs at least one target address (host:port)")
         if timeout_s <= 0 or chunk_size < 1 or max_concurrent_chunks < 1:
             raise ValueError("timeout_s must be > 0, chunk_size and max_concurrent_chunks >= 1")
         self.timeout_s = timeout_s
         self._chunk_size = chunk_size
         self._max_bytes = max_message_bytes
         self._limit = asyncio.Semaphore(max_concurrent_chunks)
-        self._backoff = (backoff_base_s, backoff_max_s)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._rr = itertools.count()
-        options = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-        ]
-        creds = None
-        if tls or tls_ca is not None:
-            ca = tls_ca.read_bytes() if isinstance(tls_ca, Path) else tls_ca
-            creds = grpc.ssl_channel_credentials(root_certificates=ca)
-        self._replicas = []
-        for t in names:
-            ch = (grpc.aio.secure_channel(t, creds, options) if creds
-                  else grpc.aio.insecure_channel(t, options))
-            self._replicas.append(_Replica(t, ch, reward_pb2_grpc.RewardServiceStub(ch)))
+        self._set = ReplicaSet(
+            targets,
+            reward_pb2_grpc.RewardServiceStub,
+            tls=tls,
+            tls_ca=tls_ca,
+            max_message_bytes=max_message_bytes,
+            backoff_base_s=backoff_base_s,
+            backoff_max_s=backoff_max_s,
+            error_type=RewardCallError,
+        )
 
     @property
     def targets(self) -> list[str]:
-        return [r.target for r in self._replicas]
+        return self._set.targets
 
     async def __aenter__(self) -> RewardClient:
         return self
@@ -148,14 +117,12 @@ class RewardClient:
         await self.close()
 
     async def close(self) -> None:
-        await asyncio.gather(*(r.channel.close() for r in self._replicas))
+        await self._set.close()
 
     async def list_rewards(self, timeout_s: float | None = None) -> list[RewardInfo]:
-        try:
-            resp = await self._call(lambda stub, t: stub.ListRewards(
-                pb.ListRewardsRequest(), timeout=t, metadata=self._metadata), timeout_s)
-        except _GaveUp as e:  # no samples to mark: the caller gets the transport failure
-            raise RewardCallError(e.code, str(e), ", ".join(self.targets)) from None
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        resp = await self._set.call_or_raise(lambda stub, t: stub.ListRewards(
+            pb.ListRewardsRequest(), timeout=t, metadata=self._metadata), deadline)
         return [
             RewardInfo(r.name, r.kind, r.version, r.description, r.timeout_s, tuple(
                 RewardParamInfo(p.name, p.type, p.description, p.default_json, p.required)
@@ -217,11 +184,10 @@ class RewardClient:
         req = pb.ScoreRequest(reward=reward, params=params, samples=chunk)
         async with self._limit:
             try:
-                resp = await self._call(
-                    lambda stub, t: stub.Score(req, timeout=t, metadata=self._metadata),
-                    None, deadline=deadline,
+                resp = await self._set.call(
+                    lambda stub, t: stub.Score(req, timeout=t, metadata=self._metadata), deadline
                 )
-            except _GaveUp as e:
+            except GaveUp as e:
                 status = Status.TIMEOUT if e.code is grpc.StatusCode.DEADLINE_EXCEEDED else Status.UNAVAILABLE
                 return [Score(m.id, status, None, reason=str(e)) for m in chunk]
         if len(resp.scores) != len(chunk):
@@ -233,73 +199,6 @@ class RewardClient:
                 raise RewardCallError(grpc.StatusCode.INTERNAL,
                                       f"scores out of order: sample {m.id!r} got score {s.id!r}", "server")
         return scores
-
-    async def _call(self, invoke: Any, timeout_s: float | None, deadline: float | None = None) -> Any:
-        """Runs `invoke(stub, timeout)` with replica choice, failover and backoff."""
-        if deadline is None:
-            deadline = time.monotonic() + (timeout_s or self.timeout_s)
-        last: grpc.aio.AioRpcError | None = None
-        for attempt in itertools.count():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            replica = self._pick()
-            replica.outstanding += 1
-            try:
-                result = await invoke(replica.stub, remaining)
-            except grpc.aio.AioRpcError as e:
-                last = e
-                code = e.code()
-                if code in _RETRY_AWAY:
-                    self._mark_down(replica)
-                    if self._any_up():
-                        continue
-                elif code in _RETRY_LATER and "larger than max" not in (e.details() or ""):
-                    pass
-                elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
-                    break
-                else:
-                    raise RewardCallError(code, e.details() or "", replica.target) from e
-                await asyncio.sleep(min(self._jitter(attempt), max(0.0, deadline - time.monotonic())))
-                continue
-            finally:
-                replica.outstanding -= 1
-            replica.failures = 0
-            replica.down_until = 0.0
-            return result
-        # The last error says why: replicas unreachable or busy until the deadline is
-        # UNAVAILABLE, not TIMEOUT; TIMEOUT is for an attempt that ran out of time.
-        code = last.code() if last is not None else grpc.StatusCode.DEADLINE_EXCEEDED
-        detail = f"{last.code().name}: {last.details()}" if last is not None else "no attempt finished"
-        raise _GaveUp(code, f"gave up after the deadline ({', '.join(self.targets)}); last error {detail}")
-
-    def _pick(self) -> _Replica:
-        now = time.monotonic()
-        up = [r for r in self._replicas if r.down_until <= now]
-        if not up:
-            return min(self._replicas, key=lambda r: r.down_until)
-        low = min(r.outstanding for r in up)
-        best = [r for r in up if r.outstanding == low]
-        return best[next(self._rr) % len(best)]
-
-    def _any_up(self) -> bool:
-        now = time.monotonic()
-        return any(r.down_until <= now for r in self._replicas)
-
-    def _mark_down(self, r: _Replica) -> None:
-        r.failures += 1
-        r.down_until = time.monotonic() + self._jitter(r.failures)
-
-    def _jitter(self, attempt: int) -> float:
-        base, cap = self._backoff
-        # The exponent is capped: 2**attempt as a float overflows past ~1024 failures.
-        return random.uniform(0, min(cap, base * 2.0 ** min(attempt, 60)))
-
-
-class _GaveUp(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _as_proto(s: SampleLike, index: int) -> pb.Sample:

@@ -189,12 +189,12 @@ async def test_token_is_sent_and_checked(servers: Servers) -> None:
 async def test_jitter_is_bounded_by_backoff_max() -> None:
     async with RewardClient(dead_address(), backoff_base_s=0.05, backoff_max_s=0.3) as client:
         for attempt in (0, 1, 3, 10, 60, 1100, 10**6):
-            waits = [client._jitter(attempt) for _ in range(200)]
+            waits = [client._set.jitter(attempt) for _ in range(200)]
             assert all(0.0 <= w <= 0.3 for w in waits), attempt
-        assert max(client._jitter(0) for _ in range(200)) <= 0.05
+        assert max(client._set.jitter(0) for _ in range(200)) <= 0.05
         # A replica that has been down for a long time is still retried within the cap.
-        replica = client._replicas[0]
+        replica = client._set.replicas[0]
         replica.failures = 5000
         before = time.monotonic()
-        client._mark_down(replica)
+        client._set.mark_down(replica)
         assert replica.down_until <= time.monotonic() + 0.3 and replica.down_until >= before
