@@ -4,6 +4,8 @@
     referee score --target HOST:PORT --reward NAME [--input FILE|-] [--params JSON]
     referee list --target HOST:PORT
     referee health --target HOST:PORT
+    referee serve sandbox [--backend bwrap|docker] [--slots N]
+    referee exec --target HOST:PORT --language python FILE [--stdin FILE]
 
 A token can come from `--token` or the REFEREE_TOKEN environment variable (which keeps
 it out of the process list).
@@ -64,7 +66,44 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--cache-size", type=int, default=100_000, help="LRU result cache entries; 0 disables")
     v.add_argument("--worker-memory-mb", type=int, default=None, help="address-space limit per worker")
     v.add_argument("--max-batch", type=int, default=16384, help="most samples per request")
+    v.add_argument("--sandbox", default=None, metavar="HOST:PORT",
+                   help="sandbox service for the `code` reward (or set REFEREE_SANDBOX); comma-separate replicas")
     v.set_defaults(run=_run_serve_verifiers)
+
+    sb = serve_sub.add_parser(
+        "sandbox",
+        help="run untrusted code in isolation (referee.v1.SandboxService)",
+        description="Serve the SandboxService: each job runs in its own namespaces with no network, "
+        "a read-only system, a size-capped work dir, seccomp, rlimits/cgroups and a wall-clock limit.",
+    )
+    _server_args(sb, default_port=50052)
+    sb.add_argument("--backend", default="bwrap", choices=["bwrap", "docker", "local"],
+                    help="isolation backend (default bwrap; local is UNSAFE, for debugging only)")
+    sb.add_argument("--i-know-local-is-unsafe", dest="allow_unsafe", action="store_true",
+                    help="required with --backend local, which runs code with NO isolation")
+    sb.add_argument("--slots", type=int, default=os.cpu_count() or 2, help="jobs run at once (default: CPU count)")
+    sb.add_argument("--max-queue", type=int, default=64, help="jobs waiting for a slot before RESOURCE_EXHAUSTED")
+    sb.add_argument("--docker-image", default="referee-sandbox-runtime:latest", help="image for --backend docker")
+    sb.add_argument("--docker-pool-size", type=int, default=None, help="warm containers (default: --slots)")
+    _limit_args(sb, "default ")
+    sb.set_defaults(run=_run_serve_sandbox)
+
+    ex = sub.add_parser(
+        "exec",
+        help="run a program on a sandbox service and print the verdict and output",
+        description="Send FILE to a sandbox service; the program's stdout/stderr are printed as they came "
+        "back, then the verdict line on stderr. Exit status 0 when the verdict is OK, 1 otherwise.",
+    )
+    ex.add_argument("file", type=Path, help="source file to run")
+    ex.add_argument("--target", required=True, help="HOST:PORT of `referee serve sandbox`")
+    ex.add_argument("--language", required=True, help="python, c, cpp, javascript, bash")
+    ex.add_argument("--stdin", type=Path, default=None, help="file to feed on stdin")
+    ex.add_argument("--arg", action="append", default=[], help="argument to the program; repeatable")
+    ex.add_argument("--token", default=None, help=f"bearer token (or set {TOKEN_ENV})")
+    ex.add_argument("--tls-ca", type=Path, default=None, help="CA certificate (PEM) to trust; enables TLS")
+    ex.add_argument("--timeout", type=float, default=120.0, help="deadline for the call in seconds (default 120)")
+    _limit_args(ex, "")
+    ex.set_defaults(run=_run_exec)
 
     score = sub.add_parser(
         "score",
@@ -96,9 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _server_args(p: argparse.ArgumentParser) -> None:
+def _server_args(p: argparse.ArgumentParser, default_port: int = 50051) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=50051, help="port to bind; 0 picks a free one (default 50051)")
+    p.add_argument("--port", type=int, default=default_port,
+                   help=f"port to bind; 0 picks a free one (default {default_port})")
     p.add_argument("--token", default=None, help=f"require this bearer token (or set {TOKEN_ENV})")
     p.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain; enables TLS")
     p.add_argument("--tls-key", type=Path, default=None, help="PEM private key for --tls-cert")
@@ -108,6 +148,28 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-request-mb", type=float, default=64.0, help="largest request accepted (default 64)")
     p.add_argument("--grace", type=float, default=30.0, help="seconds to drain on SIGTERM (default 30)")
     p.add_argument("--log-level", default="WARNING", help="Python logging level (default WARNING)")
+
+
+def _limit_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--wall-time", type=float, default=0.0, help=f"{what}wall-clock limit in seconds")
+    p.add_argument("--cpu-time", type=float, default=0.0, help=f"{what}CPU-time limit in seconds")
+    p.add_argument("--memory-mb", type=int, default=0, help=f"{what}memory limit in MiB")
+    p.add_argument("--output-kb", type=int, default=0, help=f"{what}cap on stdout and on stderr, KiB")
+    p.add_argument("--max-processes", type=int, default=0, help=f"{what}process/thread limit")
+
+
+def _limits(args: argparse.Namespace) -> Any:
+    from referee.sandboxes.types import Limits
+
+    return Limits(
+        wall_time_s=args.wall_time,
+        cpu_time_s=args.cpu_time,
+        memory_bytes=args.memory_mb * 1024 * 1024,
+        output_bytes=args.output_kb * 1024,
+        max_processes=args.max_processes,
+        file_size_bytes=0,
+        open_files=0,
+    )
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
@@ -147,6 +209,10 @@ def _run_serve_verifiers(args: argparse.Namespace) -> int:
         sys.path.insert(0, os.getcwd())
     specs = ([] if args.no_builtins else [BUILTIN]) + ([] if args.no_entrypoints else [ENTRYPOINTS])
     specs += args.load
+    sandbox = args.sandbox or os.environ.get("REFEREE_SANDBOX")
+    if sandbox:
+        # Read by the `code` verifier (in this process and in the workers it starts).
+        os.environ["REFEREE_SANDBOX"] = sandbox
     try:
         cfg = _server_config(args)
         pool_cfg = VerifierPoolConfig(
@@ -160,6 +226,65 @@ def _run_serve_verifiers(args: argparse.Namespace) -> int:
     print(f"serving rewards: {', '.join(sorted(service.rewards))}", flush=True)
     asyncio.run(serve(cfg, [service], "verifiers"))
     return 0
+
+
+def _run_serve_sandbox(args: argparse.Namespace) -> int:
+    import logging
+
+    from referee.rewardsvc.server import serve
+    from referee.sandboxes.backends import make_backend
+    from referee.sandboxes.service import SandboxConfig, SandboxService
+    from referee.sandboxes.types import Limits
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = _server_config(args)
+        sandbox_cfg = SandboxConfig(slots=args.slots, max_queue=args.max_queue,
+                                    defaults=Limits().merged_with(_limits(args), SandboxConfig().ceiling))
+        options: dict[str, Any] = {}
+        if args.backend == "docker":
+            options = {"image": args.docker_image, "pool_size": args.docker_pool_size or args.slots}
+        backend = make_backend(args.backend, allow_unsafe=args.allow_unsafe, **options)
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"referee serve sandbox: {e}", file=sys.stderr)
+        return 2
+    toolchains = backend.languages()
+    print(f"sandbox backend: {backend.name} {json.dumps(backend.describe())}", flush=True)
+    for t in toolchains:
+        print(f"  {t.language:<11} {'ok' if t.available else 'MISSING':<8} {t.detail}", flush=True)
+    asyncio.run(serve(cfg, [SandboxService(backend, sandbox_cfg, toolchains)], "sandbox"))
+    return 0
+
+
+def _run_exec(args: argparse.Namespace) -> int:
+    from referee.sandboxes.client import SandboxCallError, SandboxClient, SandboxUnavailable
+    from referee.sandboxes.types import Job
+
+    try:
+        code = args.file.read_text(encoding="utf-8")
+        stdin = args.stdin.read_bytes() if args.stdin else b""
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"referee exec: {e}", file=sys.stderr)
+        return 2
+    job = Job(language=args.language, code=code, stdin=stdin, args=tuple(args.arg), limits=_limits(args))
+
+    async def go() -> Any:
+        token = args.token or os.environ.get(TOKEN_ENV) or None
+        async with SandboxClient(args.target, token=token, tls_ca=args.tls_ca, timeout_s=args.timeout) as c:
+            return await c.execute(job)
+
+    try:
+        r = asyncio.run(go())
+    except (SandboxCallError, SandboxUnavailable) as e:
+        print(f"referee exec: {e}", file=sys.stderr)
+        return 2
+    sys.stdout.buffer.write(r.stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(r.stderr)
+    exit_part = f"exit {r.exit_code}" if r.exit_code is not None else f"signal {r.signal}"
+    print(f"verdict: {r.verdict.value} ({exit_part}; wall {r.usage.wall_time_s:.3f}s, cpu {r.usage.cpu_time_s:.3f}s, "
+          f"peak {r.usage.peak_memory_bytes // 1024} KiB){' ' + r.message if r.message else ''}", file=sys.stderr)
+    return 0 if r.verdict.value == "OK" else 1
 
 
 def _client(args: argparse.Namespace) -> Any:

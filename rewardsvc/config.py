@@ -81,6 +81,9 @@ class VerifierPoolConfig:
     chunk_size: int = 64
     """Most samples handed to one worker at a time (smaller spreads load, larger costs less IPC)."""
 
+    async_concurrency: int = 256
+    """Samples of async (I/O-bound) verifiers awaited at once, across all calls."""
+
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
@@ -90,5 +93,5 @@ class VerifierPoolConfig:
             raise ValueError(f"cache_size must be >= 0, got {self.cache_size}")
         if self.worker_memory_mb is not None and self.worker_memory_mb < 64:
             raise ValueError(f"worker_memory_mb must be >= 64, got {self.worker_memory_mb}")
-        if self.max_batch_samples < 1 or self.chunk_size < 1:
-            raise ValueError("max_batch_samples and chunk_size must be >= 1")
+        if self.max_batch_samples < 1 or self.chunk_size < 1 or self.async_concurrency < 1:
+            raise ValueError("max_batch_samples, chunk_size and async_concurrency must be >= 1")

@@ -4,25 +4,29 @@ A request is checked whole before anything runs (unknown reward, bad params, too
 samples: INVALID_ARGUMENT naming the problem); per-sample problems (no completion, a
 malformed metadata field) become per-sample INVALID_INPUT scores, so one bad sample
 never costs the batch. Cache hits are answered from the parent process; the rest goes
-to the pool, which enforces each reward's per-sample time limit.
+to the pool, which enforces each reward's per-sample time limit. Async verifiers (the
+I/O-bound kind, e.g. `code` waiting on a sandbox) run on the event loop instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from referee.convert import struct_to_dict
+from referee.convert import sample_from_proto, struct_to_dict
 from referee.registry import load_specs
 from referee.rewardsvc.cache import ResultCache, params_digest, sample_key
+from referee.rewardsvc.calling import call_async, is_async
 from referee.rewardsvc.config import VerifierPoolConfig
 from referee.rewardsvc.metrics import ServerMetrics
 from referee.rewardsvc.pool import WorkerPool
 from referee.rewardsvc.worker import INVALID_PARAMS, RawResult
+from referee.types import InvalidParams
 from referee.v1 import reward_pb2 as pb
 from referee.v1 import reward_pb2_grpc
 from referee.verifier import Verifier, validate_params
@@ -52,6 +56,7 @@ class VerifierService(reward_pb2_grpc.RewardServiceServicer):
         if not self._table:
             raise ValueError(f"no verifiers to serve from {specs}")
         self._cache = ResultCache(cfg.cache_size)
+        self._async_limit = asyncio.Semaphore(cfg.async_concurrency)
         self._metrics = ServerMetrics()  # replaced by the server's in attach()
         preload = sorted({type(v).__module__ for v in self._table.values()} |
                          {getattr(getattr(v, "fn", None), "__module__", "") for v in self._table.values()})
@@ -162,9 +167,12 @@ class VerifierService(reward_pb2_grpc.RewardServiceServicer):
         self._metrics.cache_hits.inc(hits)  # samples with no completion are neither
         self._metrics.cache_misses.inc(len(todo))
         if todo:
-            blobs = [req.samples[i].SerializeToString() for i in todo]
             timeout = min(v.timeout_s or self._cfg.timeout_s, self._cfg.max_timeout_s)
-            raw = await self._pool.run(v.name, params, blobs, timeout)
+            if is_async(v):
+                raw = await self._run_async(v, params, [req.samples[i] for i in todo], timeout)
+            else:
+                blobs = [req.samples[i].SerializeToString() for i in todo]
+                raw = await self._pool.run(v.name, params, blobs, timeout)
             bad = next((r for r in raw if r[1] == INVALID_PARAMS), None)
             if bad is not None:
                 raise RequestError(f"params: {bad[3]}")
@@ -179,6 +187,23 @@ class VerifierService(reward_pb2_grpc.RewardServiceServicer):
         for status, k in Counter(s.status for s in scores).items():  # type: ignore[union-attr]
             self._metrics.samples.labels(v.name, pb.Status.Name(status)[7:]).inc(k)
         return pb.ScoreResponse(scores=scores, request_id=req.request_id, reward=v.name, version=v.version)
+
+    async def _run_async(
+        self, v: Verifier, params: dict[str, Any], samples: list[pb.Sample], timeout: float
+    ) -> list[RawResult]:
+        """I/O-bound verifiers run here, on the event loop, not in the worker pool:
+        a worker process would sit idle while the verifier waits on its dependency."""
+
+        async def one(index: int, msg: pb.Sample) -> RawResult:
+            async with self._async_limit:
+                started = time.perf_counter()
+                try:
+                    r = await call_async(v, sample_from_proto(msg), params, timeout)
+                except InvalidParams as e:
+                    return (index, INVALID_PARAMS, None, str(e), {}, 0.0)
+                return (index, r.status.value, r.value, r.reason, r.components, time.perf_counter() - started)
+
+        return list(await asyncio.gather(*(one(i, m) for i, m in enumerate(samples))))
 
     def _check(self, req: pb.ScoreRequest) -> tuple[Verifier, dict[str, Any]]:
         v = self._table.get(req.reward)

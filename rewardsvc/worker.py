@@ -6,23 +6,21 @@ each sample it writes (start time, index) into shared memory, so the parent can 
 exactly which sample overran and kill the process without a message per sample.
 Results go back in batches: when the job ends, or every FLUSH_S while it runs.
 
-Verifier exceptions become statuses here, never scores: `InvalidInput` is the sample's
-fault; anything else is the verifier's (`ERROR`, with the exception named).
+Verifier exceptions become statuses (`calling.py`), never scores.
 """
 
 from __future__ import annotations
 
-import os
 import resource
 import signal
 import time
-import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
 from referee.convert import sample_from_proto
 from referee.registry import LoadError, load_specs
-from referee.types import InvalidInput, InvalidParams, Result, Status
+from referee.rewardsvc.calling import call_sync
+from referee.types import InvalidParams, Result
 from referee.v1 import reward_pb2 as pb
 from referee.verifier import Verifier
 
@@ -89,37 +87,5 @@ def run_job(
 
 
 def score_one(v: Verifier, blob: bytes, params: dict[str, Any]) -> Result:
-    """Runs one verifier call and maps every way it can fail onto a status.
-
-    InvalidParams propagates: it condemns the request, not the sample.
-    """
-    sample = sample_from_proto(pb.Sample.FromString(blob))
-    try:
-        result = v.verify(sample, **params)
-    except InvalidParams:
-        raise
-    except InvalidInput as e:
-        return Result.invalid(str(e) or "invalid input")
-    except MemoryError:
-        return Result.error("verifier ran out of memory")
-    except RecursionError:
-        return Result.error("verifier exceeded the recursion limit")
-    except Exception as e:  # a verifier bug is reported as ERROR with its name, never a score
-        where = traceback.extract_tb(e.__traceback__)[-1]
-        return Result.error(
-            f"verifier {v.name!r} raised {type(e).__name__}: {e} "
-            f"({os.path.basename(where.filename)}:{where.lineno})"
-        )
-    return _checked(v, result)
-
-
-def _checked(v: Verifier, result: Any) -> Result:
-    if not isinstance(result, Result):
-        return Result.error(f"verifier {v.name!r} returned {type(result).__name__}, not a Result")
-    try:
-        comps = {str(k): float(x) for k, x in result.components.items()}
-    except (TypeError, ValueError, AttributeError) as e:
-        return Result.error(f"verifier {v.name!r} returned non-numeric components: {e}")
-    if result.status is Status.OK:
-        return Result.ok(result.value, result.reason, comps)  # type: ignore[arg-type]
-    return Result(None, result.status, result.reason, comps)
+    """Parses one sample and scores it; InvalidParams propagates (see calling.py)."""
+    return call_sync(v, sample_from_proto(pb.Sample.FromString(blob)), params)

@@ -1,0 +1,87 @@
+"""The languages a sandbox runs: one small table entry each.
+
+An entry names the source file, an optional compile command and the run command, as
+argv lists run inside the work dir. Adding a language is adding an entry here; its
+toolchain is looked up on the host at startup and reported (with its version, or why it
+is missing) by `ListLanguages` and in the server's start-up lines.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Language:
+    name: str
+    source: str
+    """File name the code is written to, in the work dir."""
+    run: tuple[str, ...]
+    """argv of the program; the job's `args` are appended."""
+    compile: tuple[str, ...] | None = None
+    """argv of the compile step, run inside the sandbox before `run`."""
+    version: tuple[str, ...] = ()
+    """argv printing the toolchain version, for start-up checks."""
+    aliases: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    """Extra environment for compile and run (the sandbox starts from an empty one)."""
+
+    @property
+    def toolchain(self) -> str:
+        return (self.compile or self.run)[0]
+
+
+LANGUAGES: tuple[Language, ...] = (
+    Language(
+        "python", "main.py", run=("python3", "-I", "-S", "main.py"), version=("python3", "--version"),
+        aliases=("python3", "py"), env=(("PYTHONDONTWRITEBYTECODE", "1"), ("PYTHONIOENCODING", "utf-8")),
+    ),
+    Language(
+        "c", "main.c", compile=("gcc", "-O2", "-std=gnu17", "-pipe", "-o", "main", "main.c", "-lm"),
+        run=("./main",), version=("gcc", "--version"),
+    ),
+    Language(
+        "cpp", "main.cpp", compile=("g++", "-O2", "-std=gnu++17", "-pipe", "-o", "main", "main.cpp"),
+        run=("./main",), version=("g++", "--version"), aliases=("c++", "cxx"),
+    ),
+    Language(
+        "javascript", "main.js", run=("node", "main.js"), version=("node", "--version"),
+        aliases=("js", "node", "nodejs"),
+    ),
+    Language("bash", "main.sh", run=("bash", "main.sh"), version=("bash", "--version"), aliases=("sh", "shell")),
+)
+
+
+def find_language(name: str) -> Language:
+    """Looks a language up by name or alias (case-insensitive); ValueError lists the known ones."""
+    key = name.strip().lower()
+    for lang in LANGUAGES:
+        if key == lang.name or key in lang.aliases:
+            return lang
+    known = ", ".join(lang.name for lang in LANGUAGES)
+    raise ValueError(f"unknown language {name!r}; this sandbox knows: {known}")
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    language: str
+    available: bool
+    detail: str
+    """The version line, or why the toolchain is unusable."""
+
+
+def probe(lang: Language, timeout_s: float = 10.0) -> Toolchain:
+    """Checks the host toolchain of `lang` (found on PATH and answering --version)."""
+    path = shutil.which(lang.toolchain)
+    if path is None:
+        return Toolchain(lang.name, False, f"{lang.toolchain} not found on PATH")
+    if lang.compile and shutil.which(lang.run[0]) is None and not lang.run[0].startswith("./"):
+        return Toolchain(lang.name, False, f"{lang.run[0]} not found on PATH")
+    try:
+        out = subprocess.run(list(lang.version), capture_output=True, text=True, timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return Toolchain(lang.name, False, f"{lang.toolchain} --version failed: {e}")
+    first = (out.stdout or out.stderr).strip().splitlines()
+    return Toolchain(lang.name, out.returncode == 0, first[0] if first else f"exit {out.returncode}")
