@@ -92,7 +92,7 @@ def bare_run(code: str, workdir: Path) -> tuple[float, int]:
     path = workdir / f"p{os.getpid()}_{time.perf_counter_ns()}.py"
     path.write_text(code)
     t0 = time.perf_counter()
-    p = subprocess.run([SYSTEM_PYTHON, "-I", "-S", str(path)], capture_output=True, timeout=60, check=False)
+    p = subprocess.run([SYSTEM_PYTHON, "-I", str(path)], capture_output=True, timeout=60, check=False)
     dt = time.perf_counter() - t0
     path.unlink()
     return dt, p.returncode

@@ -54,7 +54,7 @@ class Language:
 
 LANGUAGES: tuple[Language, ...] = (
     Language(
-        "python", "main.py", run=("python3", "-I", "-S", "main.py"), version=("python3", "--version"),
+        "python", "main.py", run=("python3", "-I", "main.py"), version=("python3", "--version"),
         aliases=("python3", "py"), env=(("PYTHONDONTWRITEBYTECODE", "1"), ("PYTHONIOENCODING", "utf-8")),
     ),
     Language(

@@ -12,10 +12,11 @@ from referee.verifier import Verifier
 def builtin_verifiers() -> tuple[Verifier, ...]:
     """Every built-in verifier, imported on first use (math pulls in sympy)."""
     from referee.verifiers.choice import choice
+    from referee.verifiers.code import code_reward
     from referee.verifiers.format import format_reward
     from referee.verifiers.json_check import json_reward
     from referee.verifiers.length import length
     from referee.verifiers.match import exact, normalized_match, regex
     from referee.verifiers.math_answer import math_reward
 
-    return (math_reward, exact, normalized_match, regex, choice, format_reward, json_reward, length)
+    return (math_reward, exact, normalized_match, regex, choice, format_reward, json_reward, length, code_reward)
