@@ -71,6 +71,7 @@ from referee.sandboxes.runner import (
     compile_failure,
     compile_limits,
     memfd,
+    parent_dirs,
     prlimit_argv,
     pump,
     read_all,
@@ -80,8 +81,9 @@ from referee.sandboxes.runner import (
     spawn,
     split_exit_code,
     split_status,
+    work_dir_files,
 )
-from referee.sandboxes.types import ExecResult, Job, Limits, Usage, Verdict, check_relative_path
+from referee.sandboxes.types import ExecResult, Job, Limits, Usage, Verdict
 from referee.sandboxes.uids import DEFAULT_UID_BASE, UidPool, kill_uid
 
 MiB = 1024 * 1024
@@ -158,7 +160,7 @@ class BwrapBackend:
     def run(self, job: Job, language: Language) -> ExecResult:
         """Compiles (if the language does) and runs `job`. Raises ValueError for files
         that collide (the service checks this before a job takes a slot)."""
-        files = _job_files(job, language)
+        files = work_dir_files(job, language)
         if language.compile:
             art = memfd(b"", "referee-binary")
             try:
@@ -360,7 +362,7 @@ class BwrapBackend:
               "--size", str(lim.file_size_bytes), "--tmpfs", "/dev/shm",
               "--size", str(lim.file_size_bytes), "--tmpfs", "/tmp",
               "--size", str(lim.file_size_bytes + staged), "--perms", "0755", "--tmpfs", WORK]
-        for d in _parents(p for p, _, _ in step.files):
+        for d in parent_dirs(p for p, _, _ in step.files):
             a += ["--dir", f"{WORK}/{d}"]
         for path, content, mode in step.files:
             data = fd(memfd(content))
@@ -448,33 +450,6 @@ def _system_binds() -> list[str]:
         if os.path.lexists(path):
             out += ["--ro-bind", path, path]
     return out
-
-
-def _job_files(job: Job, language: Language) -> list[tuple[str, bytes, int]]:
-    """The work dir's contents: the source, then the job's files. ValueError for a path
-    given twice, one that is also a directory of another, or one that shadows the
-    source or the compiled binary."""
-    files = [(language.source, job.code.encode(), 0o644)]
-    reserved = {language.source, *([language.artifact] if language.artifact else [])}
-    seen: set[str] = set()
-    for f in job.files:
-        path = check_relative_path(f.path)
-        if path in reserved or path in seen:
-            raise ValueError(f"file {path!r} is given twice or replaces the program's own {sorted(reserved)}")
-        seen.add(path)
-        files.append((path, f.content, 0o755 if f.executable else 0o644))
-    dirs = set(_parents(seen))
-    if clash := dirs & (seen | reserved):
-        raise ValueError(f"file {sorted(clash)[0]!r} is also a directory of another file")
-    return files
-
-
-def _parents(paths) -> list[str]:
-    out: set[str] = set()
-    for p in paths:
-        parts = p.split("/")[:-1]
-        out.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
-    return sorted(out, key=lambda d: (d.count("/"), d))
 
 
 def _read_json_line(fd: int, timeout_s: float) -> dict | None:

@@ -92,6 +92,7 @@ from referee.sandboxes.runner import (
     spawn,
     split_exit_code,
     split_status,
+    work_dir_files,
 )
 from referee.sandboxes.types import (
     ExecResult,
@@ -100,7 +101,6 @@ from referee.sandboxes.types import (
     MiB,
     Usage,
     Verdict,
-    check_relative_path,
 )
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ class DockerBackend:
         """Compiles (if the language does) and runs `job` in a fresh container. Raises
         ValueError for files that collide (the service checks this before a job takes a
         slot)."""
-        files = _job_files(job, language)
+        files = work_dir_files(job, language)
         try:
             box = self._acquire()
         except DockerError as e:
@@ -509,23 +509,3 @@ def remove_leftovers(docker: str = "docker") -> int:
     except (OSError, subprocess.SubprocessError) as e:
         raise DockerError(f"removing leftover sandbox containers failed: {e}") from None
     return len(ids)
-
-
-def _job_files(job: Job, language: Language) -> list[tuple[str, bytes, int]]:
-    """The work dir's contents: the source, then the job's files (path, content, mode).
-    ValueError for a path given twice, one that is a directory of another, or one that
-    would replace the source or the compiled binary (the same rules as the bwrap
-    backend)."""
-    files = [(language.source, job.code.encode(), 0o644)]
-    reserved = {language.source, *([language.artifact] if language.artifact else [])}
-    seen: set[str] = set()
-    for f in job.files:
-        path = check_relative_path(f.path)
-        if path in reserved or path in seen:
-            raise ValueError(f"file {path!r} is given twice or replaces the program's own {sorted(reserved)}")
-        seen.add(path)
-        files.append((path, f.content, 0o755 if f.executable else 0o644))
-    dirs = {"/".join(p.split("/")[:i]) for p in seen for i in range(1, p.count("/") + 1)}
-    if clash := dirs & (seen | reserved):
-        raise ValueError(f"file {sorted(clash)[0]!r} is also a directory of another file")
-    return files

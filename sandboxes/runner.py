@@ -21,10 +21,11 @@ import selectors
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from referee.sandboxes.types import ExecResult, Limits, Usage, Verdict
+from referee.sandboxes.languages import Language
+from referee.sandboxes.types import ExecResult, Job, Limits, Usage, Verdict, check_relative_path
 
 MiB = 1024 * 1024
 
@@ -422,3 +423,31 @@ def compile_failure(compiled: ExecResult) -> ExecResult:
 def sigkill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+def work_dir_files(job: Job, language: Language) -> list[tuple[str, bytes, int]]:
+    """The work dir's contents (path, content, mode): the source, then the job's files.
+    ValueError for a path given twice, one that is also a directory of another, or one
+    that shadows the source or the compiled binary. Every backend places files by this."""
+    files = [(language.source, job.code.encode(), 0o644)]
+    reserved = {language.source, *([language.artifact] if language.artifact else [])}
+    seen: set[str] = set()
+    for f in job.files:
+        path = check_relative_path(f.path)
+        if path in reserved or path in seen:
+            raise ValueError(f"file {path!r} is given twice or replaces the program's own {sorted(reserved)}")
+        seen.add(path)
+        files.append((path, f.content, 0o755 if f.executable else 0o644))
+    dirs = set(parent_dirs(seen))
+    if clash := dirs & (seen | reserved):
+        raise ValueError(f"file {sorted(clash)[0]!r} is also a directory of another file")
+    return files
+
+
+def parent_dirs(paths: Iterable[str]) -> list[str]:
+    """Every directory above the given relative paths, shallowest first."""
+    out: set[str] = set()
+    for p in paths:
+        parts = p.split("/")[:-1]
+        out.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return sorted(out, key=lambda d: (d.count("/"), d))
