@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# The CPU build of torch: installed before the project so that its `torch>=` requirement
+# is already met (a bare `torch` would pull several GB of CUDA packages).
+TORCH  ?= torch==2.13.0
 
 .PHONY: setup quickstart test lint proto bench clean
 
@@ -9,8 +12,10 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet --no-build-isolation 'deepspeed>=0.15'
+	$(BIN)/pip install --quiet -e '.[dev,bench,trainer]'
 	touch $@
 
 quickstart: setup
