@@ -1,0 +1,31 @@
+"""Rollout engines: sampling completions from the current policy (DESIGN.md §5).
+
+`RolloutEngine` is the protocol; `HFEngine` is the in-process transformers engine (the
+CPU default). See `base.py` for the logprob, stop and delivery conventions.
+"""
+
+from .base import (
+    Completion,
+    FinishReason,
+    GroupCallback,
+    RolloutBatch,
+    RolloutEngine,
+    RolloutTensors,
+    SamplingParams,
+    WeightSource,
+    iter_groups,
+)
+from .hf import HFEngine
+
+__all__ = [
+    "Completion",
+    "FinishReason",
+    "GroupCallback",
+    "HFEngine",
+    "RolloutBatch",
+    "RolloutEngine",
+    "RolloutTensors",
+    "SamplingParams",
+    "WeightSource",
+    "iter_groups",
+]
