@@ -6,6 +6,8 @@
     referee health --target HOST:PORT
     referee serve sandbox [--backend bwrap|docker] [--slots N]
     referee exec --target HOST:PORT --language python FILE [--stdin FILE]
+    referee train CONFIG.yaml [--set key=value ...] [--resume]
+    referee eval CONFIG.yaml [--set key=value ...] [--model DIR]
 
 A token can come from `--token` or the REFEREE_TOKEN environment variable (which keeps
 it out of the process list).
@@ -132,7 +134,94 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
     health.add_argument("--tls-ca", type=Path, default=None, help="CA certificate (PEM) to trust; enables TLS")
     health.set_defaults(run=_run_health)
+
+    tr = sub.add_parser(
+        "train",
+        help="train a model with a recipe config (grpo, sft)",
+        description="Run the training recipe a YAML config names. Rewards come from the services "
+        "its reward.sources name (target: local starts them for the run). Prints the run directory.",
+    )
+    tr.add_argument("config", type=Path, help="YAML config (see examples/configs/)")
+    _set_args(tr)
+    tr.add_argument("--resume", action="store_true",
+                    help="continue from the latest checkpoint in checkpoint.dir")
+    # The deepspeed launcher passes --local_rank; the rank comes from the environment.
+    tr.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    tr.set_defaults(run=_run_train)
+
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a model on a config's held-out split through the reward services",
+        description="Generate for the config's eval split (eval.* settings), score through its "
+        "reward.sources, print the eval row (accuracy, mean reward, pass@k) as JSON and write it.",
+    )
+    ev.add_argument("config", type=Path, help="YAML config (see examples/configs/)")
+    _set_args(ev)
+    ev.add_argument("--model", default=None,
+                    help="model directory (or tiny:<preset>) to evaluate instead of model.path")
+    ev.add_argument("--output", type=Path, default=None,
+                    help="where to write the JSON row (default <run_dir>/eval.json)")
+    ev.set_defaults(run=_run_eval)
     return p
+
+
+def _set_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set rollout.n=4; repeatable")
+
+
+def _load_train_config(args: argparse.Namespace, extra: list[str] = ()) -> Any:
+    # Imported here: the trainer pulls in torch, which the services do not need.
+    from referee.trainer.config import load_config
+
+    return load_config(args.config, [*args.overrides, *extra])
+
+
+def _config_error(e: Exception) -> int:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from referee.trainer.config_load import ConfigError
+
+    try:
+        cfg = _load_train_config(args)
+    except (ConfigError, FileNotFoundError) as e:
+        return _config_error(e)
+    from referee.trainer.recipes import train
+
+    try:
+        summary = train(cfg, resume=args.resume)
+    except ConfigError as e:  # start-up checks: missing model, unreachable reward target
+        return _config_error(e)
+    if summary:
+        print(json.dumps({k: summary.get(k) for k in ("run_dir", "steps", "wall_s",
+                                                      "eval_before", "eval_after")}, indent=2))
+    return 0 if summary.get("status", "completed") == "completed" else 1
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from referee.trainer.config_load import ConfigError
+
+    extra = [f"model.path={args.model}"] if args.model else []
+    try:
+        cfg = _load_train_config(args, extra)
+    except (ConfigError, FileNotFoundError) as e:
+        return _config_error(e)
+    from referee.trainer.recipes import evaluate_model
+
+    try:
+        row = evaluate_model(cfg)
+    except ConfigError as e:
+        return _config_error(e)
+    out = {"model": cfg.model.path, **row}
+    path = args.output or Path(cfg.logging.run_dir) / "eval.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
 
 
 def _server_args(p: argparse.ArgumentParser, default_port: int = 50051) -> None:

@@ -768,6 +768,10 @@ class TrainConfig:
     seed: int = 0
     """Seed for initialisation, sampling and (unless data.seed is set) data order."""
 
+    torch_threads: int = 0
+    """torch intra-op threads; 0: 1 on CPU (tiny matmuls run fastest single-threaded,
+    next to the reward workers), torch's default on CUDA."""
+
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """Sampling completions (also used by eval)."""
 
@@ -795,6 +799,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             raise ConfigError("name", f"{self.name!r} must be letters, digits, '_', '.', '-'")
+        if self.torch_threads < 0:
+            raise ConfigError("torch_threads", f"must be >= 0 (0: automatic), got {self.torch_threads}")
         # Derived fields, all here.
         if self.data.seed is None:
             self.data.seed = self.seed
