@@ -1,0 +1,42 @@
+"""The sandbox and trainer benchmarks run end to end (smoke runs) and print one JSON
+object with their figures. Targets are the benchmarks' business, not the tests'."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run_bench(name: str) -> dict:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / name), "--quick"],
+                          capture_output=True, text=True, timeout=400, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.timeout(420)
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="no bubblewrap")
+def test_sandbox_bench() -> None:
+    out = run_bench("sandbox.py")
+    assert out["bench"] == "sandbox" and out["pass"]["all_programs_ok"]
+    assert out["overhead"]["overhead_ms"]["p50"] > 0
+    for kind in ("typical", "trivial"):
+        assert out["throughput"][kind]["service"]["programs"] == 30
+        assert out["throughput"][kind]["service_vs_bare"] > 0
+
+
+@pytest.mark.timeout(420)
+def test_trainer_bench() -> None:
+    out = run_bench("trainer.py")
+    assert out["bench"] == "trainer"
+    assert out["overlap"]["sequential"]["reward_s"] > 0  # the cache must not answer the baseline
+    assert out["overlap"]["hidden_fraction"] is not None
+    assert out["step_breakdown"]["steps_measured"] >= 1 and out["step_breakdown"]["generate_s"] > 0
