@@ -105,6 +105,12 @@ def overlap(work: Path, prompts: int, n: int, rounds: int) -> dict:
     results: dict[str, list] = {"overlapped": [], "sequential": []}
     try:
         with RewardScorer([src], {"slow": [service.address]}) as scorer:
+            # Calibrate once more against the service as it runs (IPC, worker wake-ups):
+            # sequential scoring should take about as long as generation.
+            probe = scorer.score_after_generation(engine, rows, ids, params).timing
+            delay *= probe.generation_s / max(probe.scoring_s, 1e-6)
+            for s in scorer.sources:
+                s.params["delay_s"] = delay
             for _ in range(rounds):  # alternate, so machine noise hits both
                 for kind, run in (("overlapped", scorer.score_while_generating),
                                   ("sequential", scorer.score_after_generation)):
@@ -119,6 +125,7 @@ def overlap(work: Path, prompts: int, n: int, rounds: int) -> dict:
         "n": n,
         "rounds": rounds,
         "generation_s": round(statistics.fmean(t.generation_s for t in results["overlapped"]), 4),
+        "reward_vs_generation": round(seq_reward / statistics.fmean(t.generation_s for t in results["sequential"]), 3),
         "reward_delay_per_sample_s": round(delay, 5),
         "sequential": {"reward_s": round(seq_reward, 4),
                        "total_s": round(statistics.fmean(t.total_s for t in results["sequential"]), 4)},
