@@ -3,33 +3,47 @@
 How one job runs:
 
 1. A host uid of its own is taken from a pool (when the server is root): bwrap is exec'd
-   already switched to it by util-linux's setpriv, with no supplementary groups, so the
-   job owns no host file and RLIMIT_NPROC counts only its own processes. Lock files
-   (flock) hand out the uids, so concurrent jobs, and two servers on one host, never
-   share one.
+   already switched to it (by coreutils' chroot --userspec with numeric ids and a
+   no-op chroot to "/", or util-linux's setpriv where that does not work), with no
+   supplementary groups and no capabilities, so the job owns no host file and
+   RLIMIT_NPROC counts only its own processes. Lock files (flock) hand out the uids,
+   so concurrent jobs, and two servers on one host, never share one.
 2. bwrap makes new user, pid, net, ipc, uts and cgroup namespaces; inside, the program
    runs as uid/gid 65534 with every capability dropped, no_new_privs, and the seccomp
-   filter of `seccomp.py`. It sees /usr (and the merged-/usr symlinks), a few /etc files
-   the loader needs, a synthetic /etc/passwd, its own /proc, a minimal /dev, and three
-   size-capped tmpfs: /work (its files, the cwd), /tmp and /dev/shm. Everything else is
-   read-only. The environment holds PATH, HOME, LANG, TMPDIR and the language's own.
-3. bwrap stops before running anything (`--block-fd`) and reports the sandbox's pid
-   (`--json-status-fd`); the server moves that process into a per-job cgroup (memory
-   without swap, pids, CPU accounting), then lets it go. Inside, util-linux's prlimit
-   sets the rlimits (CPU, file size, open files, processes, no core; address space
-   only without a cgroup) and execs the program, which bwrap has already placed under
-   its namespaces, capability drop and seccomp filter.
+   filter of `seccomp.py`. It sees /usr (and the merged-/usr symlinks), the loader
+   cache and Debian's alternatives symlinks from /etc, /etc/localtime, a synthetic
+   /etc/passwd, its own /proc, a minimal /dev, and three size-capped tmpfs: /work (its
+   files, the cwd), /tmp and /dev/shm. Everything else is read-only. The environment
+   holds PATH, HOME, LANG, TMPDIR and the language's own.
+3. bwrap is started before its job arrives (a few wait, `_Warm`; a job that finds none
+   starts its own the same way): as the job's uid, with every option that does not
+   depend on the job (namespaces, capability drop, system view, seccomp filter) on its
+   command line, waiting to read the rest (environment, tmpfs sizes, the work dir's
+   files) from a pipe (`--args`). While it waits, the server moves it into a job
+   cgroup (memory without swap, pids, CPU accounting), so the sandbox it then creates
+   is born in that cgroup, and the wait for the move (an RCU grace period, often
+   milliseconds) is not the job's. bwrap stops again before running anything
+   (`--block-fd`) and reports the sandbox's pid (`--json-status-fd`); the server then
+   lets it go. Inside, the sandbox's shell sets the rlimits (CPU, file size, open
+   files, processes, no core; address space only without a cgroup) with its `ulimit`
+   builtin (util-linux's prlimit where ulimit cannot say a value exactly, or where a
+   start-up probe finds the shell's ulimit differs) and execs the program, which bwrap
+   has already placed under its namespaces, capability drop and seccomp filter.
 4. stdout/stderr are drained and capped, the wall clock and the cgroup's CPU time are
    watched; killing the sandbox's pid-namespace init ends every process of the job at
    once (a daemon, a fork bomb), also when the program exits normally.
 5. The cgroup must then be empty (or, without cgroups, no process of the uid may
-   remain) before the uid goes back to the pool. A job whose processes survive is a
-   SANDBOX_ERROR and its uid stays locked.
+   remain) before the uid goes back to the pool; an emptied cgroup is kept for a later
+   job (see `cgroups.CgroupPool`). A job whose processes survive is a SANDBOX_ERROR and
+   its uid stays locked.
 
 "Did the program start?" comes from bwrap (its exit-code report on the status fd is
-written only after its exec succeeded), never from anything the program can print, so a
-program cannot make its own failure look like SANDBOX_ERROR (which trainers discard).
-The interpreter is found on the host's /usr before the run for the same reason.
+written only after its exec of the shell succeeded), never from anything the program can
+print, so a program cannot make its own failure look like SANDBOX_ERROR (which trainers
+discard). bwrap's monitor process, which writes that report, shares the job's cgroups
+(it started the sandbox from inside them), so the OOM killer may pick it: an OOM kill in
+the job's cgroup is then the job's MEMORY_LIMIT, report or not. The interpreter is found
+on the host's /usr before the run, so the shell's exec of it cannot fail for want of it.
 
 C and C++ are compiled in a sandbox of their own (own wall clock, more memory); the
 binary comes back through a memory file and is placed in the run sandbox. Nothing of a
@@ -45,21 +59,29 @@ What this does NOT defend against: kernel vulnerabilities reachable through allo
 syscalls or user namespaces (it is not a VM; use the container pool or gVisor for
 hostile-at-scale workloads); timing and cache side channels; reading world-readable
 files under /usr; CPU and memory-bandwidth contention with other jobs (no CPU quota);
-a job spending its whole wall time (it is killed then). In rlimit mode, tmpfs contents
-are not counted as the job's memory, and CPU time and peak memory are sampled, not exact.
+a job spending its whole wall time (it is killed then). bwrap's monitor counts as one of
+the job's processes in the pids cgroup (the limit is raised by one for it), its memory
+counts against the job's limit, and what it uses while the job runs is in the job's
+reported CPU time and peak memory (on cgroup v2, so is its start-up). In rlimit mode, tmpfs
+contents are not counted as the job's memory, and CPU time and peak memory are sampled,
+not exact.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
+import logging
 import os
+import resource
 import select
+import shlex
 import shutil
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from referee.sandboxes import cgroups, seccomp
@@ -68,6 +90,7 @@ from referee.sandboxes.runner import (
     KillReason,
     Outcome,
     Pumped,
+    Spawned,
     compile_failure,
     compile_limits,
     memfd,
@@ -86,13 +109,30 @@ from referee.sandboxes.runner import (
 from referee.sandboxes.types import ExecResult, Job, Limits, Usage, Verdict
 from referee.sandboxes.uids import DEFAULT_UID_BASE, UidPool, kill_uid
 
+log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 SANDBOX_UID = 65534
 WORK = "/work"
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
-ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime")
+ETC_FILES = ("/etc/ld.so.cache", "/etc/alternatives", "/etc/localtime")
 """The /etc entries a toolchain needs (the loader cache, Debian's alternatives symlinks
-for cc/c++, the time zone). Not /etc/shadow, /etc/ssl, or anything with secrets."""
+for cc/c++, the time zone). Not /etc/shadow, /etc/ssl, or anything with secrets; not
+ld.so.conf either (only ldconfig reads it). A symlink into /usr (the usual
+/etc/localtime) is made as a symlink, which costs bwrap no mount."""
+EXEC_VAR = "REFEREE_EXEC"
+TRAMPOLINE = f'c=${EXEC_VAR}; unset {EXEC_VAR}; eval "$c"'
+"""What a bwrap started ahead of its job runs: its command is fixed when it starts, so
+the job's comes in the environment (the rlimits, then `exec` of the program, every word
+shell-quoted) and is removed from it before the program runs."""
+MAX_EXEC_VAR_BYTES = 120 * 1024
+"""Longest command passed in the environment (the kernel takes 128 KiB per string)."""
+ULIMIT_FLAGS = {resource.RLIMIT_CPU: ("t", 1), resource.RLIMIT_FSIZE: ("f", 512), resource.RLIMIT_NOFILE: ("n", 1),
+                resource.RLIMIT_NPROC: ("p", 1), resource.RLIMIT_CORE: ("c", 512), resource.RLIMIT_AS: ("v", 1024)}
+"""The sandbox shell's `ulimit` flag and unit for each rlimit (dash's; `_check_ulimit`
+proves them at start-up, else prlimit(1) sets the limits)."""
+PROC_LIMITS = {resource.RLIMIT_CPU: "Max cpu time", resource.RLIMIT_FSIZE: "Max file size",
+               resource.RLIMIT_NOFILE: "Max open files", resource.RLIMIT_NPROC: "Max processes",
+               resource.RLIMIT_CORE: "Max core file size", resource.RLIMIT_AS: "Max address space"}
 PASSWD = b"root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:65534:65534:sandbox:/work:/usr/sbin/nologin\n"
 GROUP = b"root:x:0:\nsandbox:x:65534:\n"
 PROBE_LIMITS = Limits(wall_time_s=20.0, cpu_time_s=20.0, memory_bytes=1024 * MiB, output_bytes=64 * 1024,
@@ -113,6 +153,39 @@ class _Step:
     """Extra fds the program gets (the compile step's binary memory file)."""
 
 
+class _LaunchError(Exception):
+    """bwrap could not be started for a job (the job's SANDBOX_ERROR message)."""
+
+
+@dataclass
+class _Launch:
+    """A bwrap started for one job, blocked reading its arguments (`--args`): already
+    running as the job's uid and inside the job's cgroup, so everything it starts is
+    born there. Our fds are in `fds`; the fd numbers bwrap will be told about are the
+    same in its process (passed with pass_fds)."""
+
+    sp: Spawned
+    fds: _Fds
+    args_w: int
+    status_r: int
+    block_w: int
+    status_w: int
+    """This and the next four: fd numbers in bwrap only (ours are closed)."""
+    block_r: int
+    seccomp: int
+    passwd: int
+    group: int
+    files: list[int]
+    """Empty memory files, one per work-dir file: filled just before the arguments go."""
+    lease: tuple[int, int] | None
+    cg: cgroups.JobCgroup | None
+    command: list[str] | None = None
+    """The command given on bwrap's command line, or None for the shell that runs the
+    job's from the environment (`TRAMPOLINE`)."""
+    stdio_open: bool = True
+    """sp.stdin/stdout/stderr are still ours to close (`pump` closes them once used)."""
+
+
 class BwrapBackend:
     """Runs jobs under bubblewrap; see the module docstring for the isolation."""
 
@@ -120,10 +193,15 @@ class BwrapBackend:
 
     def __init__(self, *, bwrap: str = "bwrap", use_cgroups: bool | None = None, uid_base: int = DEFAULT_UID_BASE,
                  uid_count: int = 256, lock_dir: str = "/run/referee-sandbox",
-                 compile_wall_time_s: float = 30.0, compile_memory_bytes: int = 1024 * MiB) -> None:
+                 compile_wall_time_s: float = 30.0, compile_memory_bytes: int = 1024 * MiB,
+                 warm: int | None = None) -> None:
         """`use_cgroups`: None uses them where the host allows, True requires them,
-        False forces rlimit mode. Raises RuntimeError if bwrap, user namespaces or
-        libseccomp are not usable here (with the reason)."""
+        False forces rlimit mode. `warm`: how many bwraps to keep started ahead of their
+        jobs (None: one per CPU, the service's default slot count, plus two, so that the
+        next job finds one while the last one's replacement is being started; at most a
+        quarter of the uid pool, as each holds a uid; 0: none).
+        Raises RuntimeError if bwrap, user namespaces or libseccomp are not usable here
+        (with the reason)."""
         path = shutil.which(bwrap)
         if path is None:
             raise RuntimeError(f"{bwrap} not found on PATH; install the bubblewrap package")
@@ -132,6 +210,10 @@ class BwrapBackend:
         if prlimit is None:
             raise RuntimeError("prlimit not found under /usr; install the util-linux package")
         self._prlimit = prlimit
+        sh = shutil.which("sh", path=SANDBOX_PATH)
+        if sh is None:
+            raise RuntimeError("sh not found under /usr")
+        self._sh = sh
         try:
             self._seccomp = seccomp.build_filter()
         except seccomp.SeccompUnavailable as e:
@@ -142,18 +224,30 @@ class BwrapBackend:
         if self._root and setpriv is None:
             raise RuntimeError("setpriv not found under /usr; install the util-linux package")
         self._setpriv = setpriv or ""
+        self._chroot = shutil.which("chroot", path="/usr/sbin:/usr/bin:/sbin:/bin") if self._root else None
         self._cg = cgroups.detect() if use_cgroups is not False else cgroups.Cgroups("none", "disabled")
         if use_cgroups and self._cg.mode == "none":
             raise RuntimeError(f"cgroups required but unusable: {self._cg.reason}")
+        self._cgpool = cgroups.CgroupPool(self._cg) if self._cg.mode != "none" else None
         self._compile_wall, self._compile_memory = compile_wall_time_s, compile_memory_bytes
+        self._ulimit = False
         self._system = _system_binds()
         self._visible = tuple(f"{self._system[i + 1]}/" for i, a in enumerate(self._system) if a == "--ro-bind"
                               and os.path.isdir(self._system[i + 1]))
         self._toolchains: list[Toolchain] | None = None
+        self._found: dict[str, tuple[str, tuple[int, int]]] = {}
         self._probe_lock = threading.Lock()
         check = self._execute(_Step(["true"], [], PROBE_LIMITS))
+        if check.verdict is not Verdict.OK and self._chroot:
+            log.info("chroot cannot switch the uid here (%s); using setpriv", check.message)
+            self._chroot = None
+            check = self._execute(_Step(["true"], [], PROBE_LIMITS))
         if check.verdict is not Verdict.OK:
+            self.close()
             raise RuntimeError(f"bwrap cannot create a sandbox here: {check.message} {check.stderr.decode(errors='replace')}")
+        self._ulimit = self._check_ulimit()
+        size = min((os.cpu_count() or 2) + 2, uid_count // 4) if warm is None else warm
+        self._warm = _Warm(self._launch, self._discard, size) if size > 0 else None
 
     # --- the SandboxBackend protocol --------------------------------------------
 
@@ -161,6 +255,8 @@ class BwrapBackend:
         """Compiles (if the language does) and runs `job`. Raises ValueError for files
         that collide (the service checks this before a job takes a slot)."""
         files = work_dir_files(job, language)
+        if any("\0" in a for a in job.args):
+            raise ValueError("a job argument contains a NUL byte")
         if language.compile:
             art = memfd(b"", "referee-binary")
             try:
@@ -174,17 +270,32 @@ class BwrapBackend:
             finally:
                 os.close(art)
         argv = language.run_argv(job.limits.memory_bytes, job.args)
-        return self._execute(_Step(argv, files, job.limits, language, job.stdin))
+        return self._execute(_Step(argv, files, job.limits, language, job.stdin), warm=True)
 
     def close(self) -> None:
+        warm = getattr(self, "_warm", None)
+        if warm is not None:
+            warm.close()
+        if self._cgpool is not None:
+            self._cgpool.close()
         self._cg.close()
+
+    def idle(self) -> tuple[list[int], list[str]]:
+        """What the backend holds between jobs: the pids of its warm bwraps (each still
+        waiting for its job's arguments) and every job cgroup directory it keeps (idle
+        ones, empty, and the warm bwraps' ones, holding only them). For leak checks."""
+        launches = self._warm.ready() if self._warm is not None else []
+        pids = [w.sp.proc.pid for w in launches]
+        groups = [c for c in ([w.cg for w in launches] + (self._cgpool.idle() if self._cgpool else [])) if c]
+        return pids, [path for c in groups for path in c.paths.values()]
 
     def describe(self) -> dict[str, object]:
         return {
             "backend": self.name,
             "bwrap": self._bwrap,
             "namespaces": ["user", "pid", "net", "ipc", "uts", "cgroup", "mount"],
-            "host_uid": (f"per job from {self._uids.base} ({self._uids.count})" if self._uids
+            "host_uid": (f"per job from {self._uids.base} ({self._uids.count}), switched by "
+                         f"{os.path.basename(self._chroot or self._setpriv)}" if self._uids
                          else f"{os.geteuid()} (not root: no uid switch)"),
             "sandbox_uid": SANDBOX_UID,
             "capabilities": "none (CapEff 0, no_new_privs)",
@@ -192,6 +303,8 @@ class BwrapBackend:
             "limits": (f"cgroup {self._cg.mode} (memory, pids, cpu accounting) + rlimits"
                        if self._cg.mode != "none" else f"rlimits only ({self._cg.reason})"),
             "filesystem": "ro /usr + loader files; tmpfs /work, /tmp, /dev/shm capped",
+            "warm": (f"up to {self._warm.size} bwraps started ahead of their jobs, each as its job's uid in its "
+                     "job's cgroup, waiting for the job's arguments" if self._warm is not None else "none"),
         }
 
     def languages(self) -> list[Toolchain]:
@@ -200,6 +313,29 @@ class BwrapBackend:
             if self._toolchains is None:
                 self._toolchains = [probe(lang, run=self._version) for lang in LANGUAGES]
             return list(self._toolchains)
+
+    def _check_ulimit(self) -> bool:
+        """Whether the sandbox's shell sets rlimits exactly as prlimit would (it saves
+        an exec per job): a probe job with odd limits must see exactly its table in
+        /proc/self/limits. Any difference, and prlimit(1) is used instead."""
+        self._ulimit = True
+        limits = replace(PROBE_LIMITS, cpu_time_s=7.0, file_size_bytes=3 * 512 * 1024, open_files=77,
+                         max_processes=55)
+        step = _Step(["cat", "/proc/self/limits"], [], limits)
+        try:
+            r = self._execute(step)
+            if r.verdict is not Verdict.OK:
+                return False
+            seen = {line[:26].strip(): line[26:].split()[:2] for line in r.stdout.decode().splitlines()}
+            for res, pair in self._rlimits(step).items():
+                want = ["unlimited" if v == resource.RLIM_INFINITY else str(v) for v in pair]
+                if seen.get(PROC_LIMITS[res]) != want:
+                    log.info("the sandbox shell's ulimit differs from prlimit (%s: %s, not %s); using prlimit",
+                             PROC_LIMITS[res], seen.get(PROC_LIMITS[res]), want)
+                    return False
+            return True
+        finally:
+            self._ulimit = False
 
     def _version(self, argv: Sequence[str]) -> tuple[bool, str]:
         r = self._execute(_Step(list(argv), [], PROBE_LIMITS))
@@ -210,83 +346,203 @@ class BwrapBackend:
 
     # --- one sandbox ------------------------------------------------------------
 
-    def _execute(self, step: _Step) -> ExecResult:
-        # The program is exec'd by prlimit, whose failure to exec would look like the
-        # program's own exit 127 (a program could print the same): so the command is
-        # found first, on the host's /usr, which is exactly what the sandbox sees.
+    def _execute(self, step: _Step, *, warm: bool = False) -> ExecResult:
+        # The program is exec'd by the sandbox's shell (or prlimit), whose failure to
+        # exec would look like the program's own exit 127 (a program could print the
+        # same): so the command is found first, on the host's /usr, which is exactly
+        # what the sandbox sees.
         program = step.argv[0]
         if "/" not in program:
-            found = shutil.which(program, path=SANDBOX_PATH)
-            if found is None or not os.path.realpath(found).startswith(self._visible):
+            found = self._which(program)
+            if found is None:
                 return ExecResult(Verdict.SANDBOX_ERROR, message=f"{program} is not installed in the sandbox "
                                                                  f"(searched {SANDBOX_PATH}, under {self._visible})")
             step = replace(step, argv=[found, *step.argv[1:]])
-        lease = self._uids.acquire() if self._uids else None
-        uid = lease[0] if lease else None
-        job_cg: cgroups.JobCgroup | None = None
-        clean = True
+        command = self._command(step)
+        # one environment string may hold 128 KiB (MAX_ARG_STRLEN): a longer command is
+        # given to bwrap as its own arguments instead (so no warm bwrap for it)
+        big = len(command.encode(errors="surrogateescape")) > MAX_EXEC_VAR_BYTES
+        warm = warm and self._warm is not None and not step.pass_fds and not big
+        launch = self._take_warm(step) if warm else None
+        if launch is None:
+            explicit = [*prlimit_argv(self._prlimit, self._rlimits(step)), *step.argv] if big else None
+            try:
+                launch = self._launch(len(step.files), step.limits, step.pass_fds, explicit)
+            except _LaunchError as e:
+                return ExecResult(Verdict.SANDBOX_ERROR, message=str(e))
         try:
-            if self._cg.mode != "none":
-                try:
-                    job_cg = self._cg.create(step.limits.memory_bytes, step.limits.max_processes + 1)
-                except OSError as e:
-                    return ExecResult(Verdict.SANDBOX_ERROR, message=f"cannot create the job cgroup: {e}")
-            res = self._sandbox(step, uid, job_cg)
+            res = self._sandbox(step, launch, command)
         finally:
-            # Nothing of the job may outlive it: the cgroup must empty, or the uid must
-            # own no live process (without either, the pid namespace's end is the proof).
-            if job_cg is not None:
-                clean = job_cg.destroy()
-            elif uid is not None:
-                clean = kill_uid(uid)
-            if lease is not None and clean:
-                os.close(lease[1])  # a uid with survivors stays locked until the server exits
+            clean = self._retire(launch)
+            if warm:
+                self._warm.want(len(step.files), step.limits)
         if not clean:
             return replace(res, verdict=Verdict.SANDBOX_ERROR, message="processes of the job survived its end")
         return res
 
-    def _sandbox(self, step: _Step, uid: int | None, job_cg: cgroups.JobCgroup | None) -> ExecResult:
+    def _which(self, program: str) -> str | None:
+        """`program` found on SANDBOX_PATH, under what the sandbox sees. Remembered, and
+        checked again with one stat each time (the file it resolves to must be the same):
+        a toolchain removed or repointed meanwhile is looked up afresh."""
+        known = self._found.get(program)
+        if known is not None:
+            with contextlib.suppress(OSError):
+                st = os.stat(known[0])
+                if (st.st_dev, st.st_ino) == known[1]:
+                    return known[0]
+        found = shutil.which(program, path=SANDBOX_PATH)
+        if found is None or not os.path.realpath(found).startswith(self._visible):
+            return None
+        st = os.stat(found)
+        self._found[program] = (found, (st.st_dev, st.st_ino))
+        return found
+
+    # --- starting bwrap -----------------------------------------------------------
+
+    def _launch(self, n_files: int, limits: Limits, pass_fds: Sequence[int] = (),
+                command: list[str] | None = None) -> _Launch:
+        """Starts bwrap for a job with `n_files` work-dir files (see `_Launch`): a uid
+        from the pool, a job cgroup, then bwrap (exec'd as that uid, `_as_uid`), which
+        waits for its arguments on a pipe while it is moved into the cgroup. Raises
+        _LaunchError (or RuntimeError when every uid is in use)."""
+        lease = self._uids.acquire() if self._uids else None
+        job_cg: cgroups.JobCgroup | None = None
         fds = _Fds()
-        proc = None
+        sp: Spawned | None = None
         try:
+            if self._cgpool is not None:
+                try:
+                    job_cg = self._cgpool.take(limits.memory_bytes, limits.max_processes + 2)
+                except OSError as e:
+                    raise _LaunchError(f"cannot create the job cgroup: {e}") from None
+            args_r, args_w = (fds.add(x) for x in os.pipe2(os.O_CLOEXEC))
             status_r, status_w = (fds.add(x) for x in os.pipe2(os.O_CLOEXEC))
             block_r, block_w = (fds.add(x) for x in os.pipe2(os.O_CLOEXEC))
-            argv, child_fds = self._argv(step, fds.add, status_w, block_r)
-            if uid is not None:  # bwrap starts as the job's uid, with no groups and no capabilities
-                argv = [self._setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *argv]
+            seccomp_fd = fds.add(memfd(self._seccomp.bpf, "referee-seccomp"))
+            passwd, group = fds.add(memfd(PASSWD)), fds.add(memfd(GROUP))
+            files = [fds.add(memfd(b"", "referee-file")) for _ in range(n_files)]
+            argv = [self._bwrap, *self._fixed_args(args_r, status_w, block_r, seccomp_fd, passwd, group, command)]
+            if lease is not None:  # bwrap starts as the job's uid, with no groups and no capabilities
+                argv = [*self._as_uid(lease[0]), *argv]
+            child = [args_r, status_w, block_r, seccomp_fd, passwd, group]
             try:
-                sp = spawn(argv, env={"PATH": SANDBOX_PATH}, pass_fds=child_fds + step.pass_fds, cwd="/")
+                sp = spawn(argv, env={"PATH": SANDBOX_PATH}, pass_fds=[*child, *files, *pass_fds], cwd="/")
             except OSError as e:
-                return ExecResult(Verdict.SANDBOX_ERROR, message=f"cannot start bwrap: {e}")
-            proc = sp.proc
-            for child in child_fds:  # bwrap has its copies; EOF on status_r needs ours closed
-                fds.close(child)
+                raise _LaunchError(f"cannot start bwrap: {e}") from None
+            for fd in child:  # bwrap has its copies (EOF on status_r and args_r needs ours closed)
+                fds.close(fd)
+            if job_cg is not None:
+                # bwrap starts nothing before it has read its arguments: from here on,
+                # every process of the job is born inside the job cgroup
+                try:
+                    job_cg.add(sp.proc.pid)
+                except OSError as e:
+                    raise _LaunchError(f"cannot move bwrap into the job cgroup: {e}") from None
+            return _Launch(sp, fds, args_w, status_r, block_w, status_w, block_r, seccomp_fd, passwd, group,
+                           files, lease, job_cg, command)
+        except BaseException:
+            if sp is not None:
+                _kill_and_reap(sp.proc)
+                for fd in (sp.stdin, sp.stdout, sp.stderr):
+                    os.close(fd)
+            fds.close_all()
+            self._release_resources(lease, job_cg)
+            raise
+
+    def _as_uid(self, uid: int) -> list[str]:
+        """argv prefix that execs the rest as `uid`:`uid` with no supplementary groups
+        (leaving root drops every capability). coreutils' chroot does it with numeric
+        ids ("+N") and a chroot to "/", which changes nothing, at about half the CPU of
+        util-linux's setpriv, which looks every id up in the user database first."""
+        if self._chroot:
+            return [self._chroot, f"--userspec=+{uid}:+{uid}", "--groups=", "--skip-chdir", "/"]
+        return [self._setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+
+    def _take_warm(self, step: _Step) -> _Launch | None:
+        """A warm bwrap for `step` with the step's cgroup limits in place, or None."""
+        assert self._warm is not None
+        while (launch := self._warm.take(len(step.files))) is not None:
             try:
-                inner, inner_start, inner_fd = self._release(step, status_r, block_w, job_cg)
+                if os.waitid(os.P_PID, launch.sp.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                    if launch.cg is not None:
+                        launch.cg.set_limits(step.limits.memory_bytes, step.limits.max_processes + 2)
+                    return launch
+            except OSError:
+                pass
+            self._discard(launch)  # died while waiting, or its cgroup refused the limits
+        return None
+
+    def _discard(self, launch: _Launch) -> None:
+        """Ends a launch that never got its job."""
+        _kill_and_reap(launch.sp.proc)
+        if launch.stdio_open:
+            for fd in (launch.sp.stdin, launch.sp.stdout, launch.sp.stderr):
+                os.close(fd)
+            launch.stdio_open = False
+        launch.fds.close_all()
+        if not self._retire(launch):
+            log.warning("a warm bwrap left processes behind; its uid stays locked")
+
+    def _retire(self, launch: _Launch) -> bool:
+        """After a launch's bwrap was killed and reaped: nothing of it may outlive it.
+        True when nothing did (the cgroup emptied, or the uid owns no live process;
+        without either, the pid namespace's end is the proof)."""
+        return self._release_resources(launch.lease, launch.cg)
+
+    def _release_resources(self, lease: tuple[int, int] | None, job_cg: cgroups.JobCgroup | None) -> bool:
+        clean = True
+        if job_cg is not None:
+            assert self._cgpool is not None
+            clean = self._cgpool.give(job_cg)
+        elif lease is not None:
+            clean = kill_uid(lease[0])
+        if lease is not None and clean:
+            os.close(lease[1])  # a uid with survivors stays locked until the server exits
+        return clean
+
+    # --- one sandbox ------------------------------------------------------------
+
+    def _sandbox(self, step: _Step, launch: _Launch, command: str) -> ExecResult:
+        sp, fds = launch.sp, launch.fds
+        try:
+            try:
+                if launch.cg is not None:
+                    launch.cg.begin()
+                for fd, (_, content, _) in zip(launch.files, step.files, strict=True):
+                    _write_at_start(fd, content)
+                    fds.close(fd)  # bwrap reads its own copy, from the start
+                args = "\0".join(self._args(step, launch, command)) + "\0"
+                _write_all(launch.args_w, args.encode(errors="surrogateescape"))
+                fds.close(launch.args_w)
+                inner, inner_start, inner_fd = self._release(launch)
             except (OSError, ValueError) as e:
+                launch.stdio_open = False
                 return self._setup_failed(step, sp, e)
             fds.add(inner_fd)
-            sampler = _Sampler(inner, inner_start, job_cg, step.limits)
-            return self._watch(step, sp, inner_fd, sampler, status_r, job_cg, fds)
+            sampler = _Sampler(inner, inner_start, launch.cg, step.limits)
+            launch.stdio_open = False
+            return self._watch(step, sp, inner_fd, sampler, launch.status_r, launch.cg, fds)
         finally:
-            if proc is not None:
-                _kill_and_reap(proc)
+            _kill_and_reap(sp.proc)
+            if launch.stdio_open:
+                for fd in (sp.stdin, sp.stdout, sp.stderr):
+                    os.close(fd)
+                launch.stdio_open = False
             fds.close_all()
 
-    def _release(self, step: _Step, status_r: int, block_w: int,
-                 job_cg: cgroups.JobCgroup | None) -> tuple[int, str, int]:
-        """Waits for bwrap to stop before the program, puts the sandbox's init in the job
-        cgroup, and lets it go. Returns the init's pid, start time and a pidfd of it."""
-        header = _read_json_line(status_r, timeout_s=10.0)
+    def _release(self, launch: _Launch) -> tuple[int, str, int]:
+        """Waits for bwrap to stop before the program (its init is born in the job
+        cgroup), and lets it go. Returns the init's pid, start time and a pidfd of it."""
+        header = _read_json_line(launch.status_r, timeout_s=10.0)
         inner = header.get("child-pid") if header else None
         if not isinstance(inner, int):
             raise ProcessLookupError("bwrap stopped before reporting the sandbox pid")
         inner_fd = os.pidfd_open(inner)
         try:
-            start = _stat(inner)[19]  # it waits on --block-fd, so this is still our init
-            if job_cg is not None:
-                job_cg.add(inner)
-            os.write(block_w, b"go")
+            # it waits on --block-fd, so this is still our init (its start time tells it
+            # apart from a later process with the pid; only needed without a cgroup)
+            start = _stat(inner)[19] if launch.cg is None else ""
+            os.write(launch.block_w, b"go")
         except BaseException:
             os.close(inner_fd)
             raise
@@ -333,45 +589,68 @@ class BwrapBackend:
         stats = job_cg.stats() if job_cg is not None else None
         cpu = sampler.cpu_time_s(usage)
         peak = stats.peak_memory_bytes if stats else sampler.peak_memory_bytes()
-        outcome = Outcome(step.limits, started=bool(reported), exit_code=code, signal=sig,
-                          kill_reason=pumped.kill_reason, oom_killed=bool(stats and stats.oom_killed),
+        oom = bool(stats and stats.oom_killed)
+        # bwrap's monitor, which reports that the program started, shares the job's
+        # memory cgroup (it starts the sandbox from inside it), so the OOM killer may
+        # pick it: an OOM kill in the job's cgroup is the job's memory, report or not.
+        outcome = Outcome(step.limits, started=bool(reported) or oom, exit_code=code, signal=sig,
+                          kill_reason=pumped.kill_reason, oom_killed=oom,
                           stderr=pumped.stderr, setup_error=pumped.stderr.decode(errors="replace")[-500:])
         res = result(outcome, pumped, Usage(wall, cpu, peak))
         if not gone:
             return replace(res, verdict=Verdict.SANDBOX_ERROR, message="the sandbox's processes outlived the job")
         return res
 
-    def _argv(self, step: _Step, fd, status_w: int, block_r: int) -> tuple[list[str], list[int]]:
+    def _fixed_args(self, args_fd: int, status_w: int, block_r: int, seccomp: int, passwd: int,
+                    group: int, command: list[str] | None = None) -> list[str]:
+        """bwrap's arguments that do not depend on the job, given when it starts: every
+        namespace, the capability drop, the system view, the seccomp filter. The job's
+        own (`_args`) are read from `args_fd`, in the middle, so the setup runs in this
+        order; a bwrap that never gets them (its pipe closed empty) still runs confined."""
+        a = ["--unshare-user", "--disable-userns", "--unshare-pid", "--unshare-net", "--unshare-ipc",
+             "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox", "--die-with-parent", "--new-session",
+             "--cap-drop", "ALL", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--clearenv", *self._system]
+        for path, data in (("/etc/passwd", passwd), ("/etc/group", group)):
+            a += ["--perms", "0644", "--file", str(data), path]
+        return [*a, "--proc", "/proc", "--dev", "/dev",
+                "--args", str(args_fd),
+                "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", WORK,
+                "--seccomp", str(seccomp), "--json-status-fd", str(status_w), "--block-fd", str(block_r),
+                "--", *(command or [self._sh, "-c", TRAMPOLINE])]
+
+    def _args(self, step: _Step, launch: _Launch, command: str) -> list[str]:
+        """The job's part of bwrap's arguments (read by the waiting bwrap from its pipe):
+        environment, tmpfs sizes, the work dir's files, the command."""
         lim = step.limits
         staged = sum(len(c) + 4096 for _, c, _ in step.files)
         env = {"PATH": SANDBOX_PATH, "HOME": WORK, "LANG": "C.UTF-8", "TMPDIR": "/tmp",
                **dict(step.language.env if step.language else ())}
-        seccomp_fd = fd(memfd(self._seccomp.bpf, "referee-seccomp"))
-        child_fds = [status_w, block_r, seccomp_fd]
-        a = [self._bwrap, "--unshare-user", "--disable-userns", "--unshare-pid", "--unshare-net", "--unshare-ipc",
-             "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox", "--die-with-parent", "--new-session",
-             "--cap-drop", "ALL", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--clearenv"]
+        if launch.command is None:
+            env[EXEC_VAR] = command
+        a = []
         for k, v in env.items():
             a += ["--setenv", k, v]
-        a += self._system
-        for path, content in (("/etc/passwd", PASSWD), ("/etc/group", GROUP)):
-            data = fd(memfd(content))
-            child_fds.append(data)
-            a += ["--perms", "0644", "--file", str(data), path]
-        a += ["--proc", "/proc", "--dev", "/dev",
-              "--size", str(lim.file_size_bytes), "--tmpfs", "/dev/shm",
+        a += ["--size", str(lim.file_size_bytes), "--tmpfs", "/dev/shm",
               "--size", str(lim.file_size_bytes), "--tmpfs", "/tmp",
               "--size", str(lim.file_size_bytes + staged), "--perms", "0755", "--tmpfs", WORK]
         for d in parent_dirs(p for p, _, _ in step.files):
             a += ["--dir", f"{WORK}/{d}"]
-        for path, content, mode in step.files:
-            data = fd(memfd(content))
-            child_fds.append(data)
+        for (path, _, mode), data in zip(step.files, launch.files, strict=True):
             a += ["--perms", f"{mode:04o}", "--file", str(data), f"{WORK}/{path}"]
-        a += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", WORK,
-              "--seccomp", str(seccomp_fd), "--json-status-fd", str(status_w), "--block-fd", str(block_r),
-              "--", *prlimit_argv(self._prlimit, self._rlimits(step)), *step.argv]
-        return a, child_fds
+        return a
+
+    def _command(self, step: _Step) -> str:
+        """The shell command that sets the rlimits and execs the program: `ulimit`
+        builtins where they can say the exact values, else prlimit(1) (one exec more)."""
+        table = self._rlimits(step)
+        exact = self._ulimit and all(v != resource.RLIM_INFINITY and v % ULIMIT_FLAGS[res][1] == 0
+                                     for res, pair in table.items() for v in pair)
+        if not exact:
+            return "exec " + " ".join(shlex.quote(x) for x in [*prlimit_argv(self._prlimit, table), *step.argv])
+        # soft first: the new soft limit is under the inherited hard one, the new hard one over it
+        sets = [f"ulimit -{h} -{ULIMIT_FLAGS[res][0]} {v // ULIMIT_FLAGS[res][1]}"
+                for res, (soft, hard) in table.items() for h, v in (("S", soft), ("H", hard))]
+        return " && ".join([*sets, "exec " + " ".join(shlex.quote(x) for x in step.argv)])
 
     def _rlimits(self, step: _Step) -> dict[int, tuple[int, int]]:
         """rlimits of the program: RLIMIT_AS only when no cgroup bounds memory (plus the
@@ -380,6 +659,97 @@ class BwrapBackend:
         reserve = step.language.address_space_reserve if step.language else 0
         address_space = None if self._cg.mode != "none" else step.limits.memory_bytes + reserve
         return rlimits(step.limits, address_space=address_space, extra_processes=2)
+
+
+class _Warm:
+    """bwraps started ahead of their jobs, so a job does not wait for the uid switch and bwrap
+    to exec, nor for its cgroup: moving a process into a cgroup waits for an RCU grace
+    period whenever no other move happened just before (milliseconds, while the job's
+    slot sits idle). One thread starts them; a job takes one with as many work-dir files
+    as it has (each file is a memory file bwrap must inherit when it starts), and when it
+    ends the pool is topped up to `size` again with ones like it (the oldest of another
+    kind are ended to make room). A job that finds none starts its own bwrap the same
+    way, inline."""
+
+    def __init__(self, launch: Callable[[int, Limits], _Launch], discard: Callable[[_Launch], None],
+                 size: int) -> None:
+        self.size = size
+        self._launch, self._discard = launch, discard
+        self._ready: collections.deque[tuple[int, _Launch]] = collections.deque()
+        self._wanted: collections.deque[tuple[int, Limits]] = collections.deque()
+        self._busy_files: collections.Counter[int] = collections.Counter()
+        self._closed = False
+        self._cv = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name="bwrap-warm", daemon=True)
+        self._thread.start()
+
+    def take(self, n_files: int) -> _Launch | None:
+        with self._cv:
+            for item in self._ready:
+                if item[0] == n_files:
+                    self._ready.remove(item)
+                    return item[1]
+        return None
+
+    def want(self, n_files: int, limits: Limits) -> None:
+        """Asks for warm bwraps for jobs like one that just ended: as many as bring the
+        pool back to `size` (jobs queue up behind each other, so the next one starts
+        before this one's replacement is ready), or one if that would be none and none
+        of this kind is left (the oldest of another kind then makes room)."""
+        with self._cv:
+            if self._closed:
+                return
+            same = (sum(1 for n, _ in self._ready if n == n_files) + sum(1 for n, _ in self._wanted if n == n_files)
+                    + self._busy_files[n_files])
+            add = self.size - (len(self._ready) + len(self._wanted) + sum(self._busy_files.values()))
+            if add <= 0 and same == 0:
+                add = 1
+            for _ in range(add):
+                self._wanted.append((n_files, limits))
+            self._cv.notify()
+
+    def ready(self, settle_s: float = 10.0) -> list[_Launch]:
+        """The waiting bwraps, once none is being started (for at most `settle_s`)."""
+        with self._cv:
+            self._cv.wait_for(lambda: not self._wanted and not +self._busy_files, timeout=settle_s)
+            return [launch for _, launch in self._ready]
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._wanted and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                n_files, limits = self._wanted.popleft()
+                self._busy_files[n_files] += 1
+            try:
+                launch = self._launch(n_files, limits)
+            except Exception as e:  # noqa: BLE001 - the job that needs one starts its own, and reports why
+                log.debug("cannot start a warm bwrap: %s", e)
+                launch = None
+            evict = []
+            with self._cv:
+                if launch is not None:
+                    self._ready.append((n_files, launch))
+                while len(self._ready) > self.size or (self._closed and self._ready):
+                    evict.append(self._ready.popleft()[1])
+            for old in evict:
+                self._discard(old)
+            with self._cv:
+                self._busy_files[n_files] -= 1
+                self._cv.notify_all()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._wanted.clear()
+            self._cv.notify_all()
+        self._thread.join()
+        with self._cv:
+            left, self._ready = [launch for _, launch in self._ready], collections.deque()
+        for launch in left:
+            self._discard(launch)
 
 
 class _Sampler:
@@ -396,7 +766,7 @@ class _Sampler:
         self._init, self._cg, self._limits = init_pid, job_cg, limits
         self._cpu = 0.0
         self._hwm = 0
-        self._tick_hz = os.sysconf("SC_CLK_TCK")
+        self._tick_hz = _CLK_TCK
         self._init_start = init_start  # with the pid, tells the init apart from a later process
 
     def tick(self) -> KillReason | None:
@@ -437,6 +807,9 @@ class _Sampler:
         return self._hwm
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
 def _system_binds() -> list[str]:
     """bwrap arguments for the read-only system view: /usr, the merged-/usr symlinks
     (or the real directories on a split-/usr host), and ETC_FILES that exist."""
@@ -447,7 +820,9 @@ def _system_binds() -> list[str]:
         elif os.path.isdir(top):
             out += ["--ro-bind", top, top]
     for path in ETC_FILES:
-        if os.path.lexists(path):
+        if os.path.islink(path) and os.path.realpath(path).startswith("/usr/") and os.path.isfile(path):
+            out += ["--symlink", os.path.realpath(path), path]
+        elif os.path.lexists(path):
             out += ["--ro-bind", path, path]
     return out
 
@@ -485,6 +860,20 @@ def _read_rest(fd: int) -> list[dict]:
     return out
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _write_at_start(fd: int, data: bytes) -> None:
+    """Writes `data` at offset 0 of a memory file without moving its offset, which the
+    bwrap holding a copy of the fd shares and reads from."""
+    view, at = memoryview(data), 0
+    while at < len(view):
+        at += os.pwrite(fd, view[at:], at)
+
+
 def _wait_readable(fd: int, timeout_s: float) -> bool:
     """A pidfd turns readable when its process has exited (for a pid-namespace init:
     once every process of the namespace is gone)."""
@@ -500,9 +889,6 @@ def _kill_and_reap(proc) -> None:
     if proc.returncode is None:
         _kill_group(proc.pid)
         reap(proc)
-
-
-
 
 
 def _stat(pid: int) -> list[str]:

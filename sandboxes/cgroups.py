@@ -12,6 +12,18 @@ unless that is the root: run the server in a leaf cgroup with delegation, e.g. s
 `Delegate=yes`). Otherwise cgroup v1 (the memory, pids and cpuacct hierarchies), as on
 hybrid hosts. Without either, `detect` says why and the backend falls back to rlimits.
 
+On v1 an emptied job cgroup is kept (`CgroupPool`) and reused for a later job: making
+and removing three cgroups per job is kernel work on every job, and every removed memory
+cgroup lingers in the kernel while pages are still charged to it. A cgroup is reused
+only when no process is in it and its pids count is back to 0 (`JobCgroup.idle`), with
+its limits rewritten where the next job's differ and its counters read relative to the
+job's start (`JobCgroup.begin`): CPU time and the peak memory reported are what the job
+added (a reused cgroup may still be charged with up to `REUSE_MAX_USAGE_BYTES` of page
+cache that earlier jobs read first; it is reclaimable, so the kernel drops it before it
+would OOM-kill the job), and an OOM kill counts only if the cgroup's cumulative count
+grew during the job. v2 job cgroups are never reused (their peak memory cannot be reset
+portably).
+
 What this does NOT do: it does not limit CPU bandwidth or I/O (the wall and CPU-time
 limits end a job instead), and it does not hide the host's cgroup tree (the backend uses
 a cgroup namespace for that).
@@ -24,10 +36,14 @@ import errno
 import itertools
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 
 PARENT_NAME = "referee-sandbox"
+REUSE_MAX_USAGE_BYTES = 8 * 1024 * 1024
+"""An emptied v1 job cgroup still charged with more than this (page cache its jobs read
+first) is removed instead of reused."""
 _counter = itertools.count()
 
 
@@ -82,66 +98,132 @@ class JobCgroup:
     def __init__(self, mode: str, paths: dict[str, str]) -> None:
         self.mode = mode
         self.paths = paths
+        self.limits: tuple[int, int] | None = None
+        """(memory bytes, max pids) as last written."""
+        self._base_usage = 0
+        self._base_ooms = 0
+        self._base_cpu_ns = 0
 
     def _file(self, controller: str, name: str) -> str:
         return os.path.join(self.paths["unified" if self.mode == "v2" else controller], name)
 
     def _write(self, controller: str, name: str, value: object) -> None:
-        with open(self._file(controller, name), "w") as f:
-            f.write(str(value))
+        fd = os.open(self._file(controller, name), os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, str(value).encode())
+        finally:
+            os.close(fd)
 
     def _read(self, controller: str, name: str) -> str | None:
         try:
-            with open(self._file(controller, name)) as f:
-                return f.read()
+            fd = os.open(self._file(controller, name), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
+        try:
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            return b"".join(chunks).decode()
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     def set_limits(self, memory_bytes: int, max_pids: int) -> None:
-        if self.mode == "v2":
-            self._write("memory", "memory.max", memory_bytes)
-            with contextlib.suppress(FileNotFoundError):  # no swap accounting on this kernel
-                self._write("memory", "memory.swap.max", 0)
-            self._write("pids", "pids.max", max_pids)
+        """Writes the limits, skipping those already in place (a reused cgroup)."""
+        if self.limits == (memory_bytes, max_pids):
             return
-        self._write("memory", "memory.limit_in_bytes", memory_bytes)
+        old_memory, old_pids = self.limits or (None, None)
+        self.limits = None  # unknown until every write went through
+        if self.mode == "v2":
+            if memory_bytes != old_memory:
+                self._write("memory", "memory.max", memory_bytes)
+                with contextlib.suppress(FileNotFoundError):  # no swap accounting on this kernel
+                    self._write("memory", "memory.swap.max", 0)
+            if max_pids != old_pids:
+                self._write("pids", "pids.max", max_pids)
+            self.limits = (memory_bytes, max_pids)
+            return
+        if memory_bytes != old_memory:
+            # memsw may never be below the memory limit: raise it first, lower it last
+            raising = old_memory is not None and memory_bytes > old_memory
+            if raising:
+                self._write_memsw(memory_bytes)
+            self._write("memory", "memory.limit_in_bytes", memory_bytes)
+            if not raising:
+                self._write_memsw(memory_bytes)
+        if old_memory is None:
+            with contextlib.suppress(OSError):
+                self._write("memory", "memory.swappiness", 0)
+        if max_pids != old_pids:
+            self._write("pids", "pids.max", max_pids)
+        self.limits = (memory_bytes, max_pids)
+
+    def _write_memsw(self, memory_bytes: int) -> None:
         with contextlib.suppress(FileNotFoundError):  # memsw exists only with swap accounting
             self._write("memory", "memory.memsw.limit_in_bytes", memory_bytes)
-        with contextlib.suppress(OSError):
-            self._write("memory", "memory.swappiness", 0)
-        self._write("pids", "pids.max", max_pids)
+
+    def begin(self) -> None:
+        """Marks the start of a job: peak memory, OOM kills and CPU time are counted
+        from here (a reused cgroup carries its earlier jobs' counts)."""
+        self._base_cpu_ns = int(self._cpu_ns() or 0)
+        if self.mode == "v2":
+            self._base_ooms = _keyed(self._read("memory", "memory.events") or "").get("oom_kill", 0)
+            return
+        # what is charged already (the waiting bwrap's start, earlier jobs' page cache)
+        # is not the job's: the peak restarts from the current usage
+        self._write("memory", "memory.max_usage_in_bytes", 0)
+        usage = self._read("memory", "memory.usage_in_bytes")
+        self._base_usage = int(usage) if usage else 0
+        self._base_ooms = _keyed(self._read("memory", "memory.oom_control") or "").get("oom_kill", 0)
+
+    def idle(self) -> bool:
+        """Reusable for another job (v1): no process in any hierarchy, nothing left in
+        the pids count (an exited sandbox init still counts until the host's init reaps
+        it, and the next job's process limit must be whole), and little memory charged."""
+        count = self._read("pids", "pids.current")
+        if count is None or int(count) != 0 or self.pids():
+            return False
+        usage = self._read("memory", "memory.usage_in_bytes")
+        return usage is not None and int(usage) <= REUSE_MAX_USAGE_BYTES
 
     def add(self, pid: int) -> None:
         """Moves `pid` (not yet running the program) into every hierarchy of the job."""
         for controller in self.paths:
             self._write(controller, "cgroup.procs", pid)
 
-    def cpu_time_s(self) -> float | None:
+    def _cpu_ns(self) -> int | None:
         if self.mode == "v2":
             text = self._read("cpu", "cpu.stat") or ""
             for line in text.splitlines():
                 key, _, value = line.partition(" ")
                 if key == "usage_usec":
-                    return int(value) / 1e6
+                    return int(value) * 1000
             return None
         text = self._read("cpuacct", "cpuacct.usage") if "cpuacct" in self.paths else None
-        return int(text) / 1e9 if text else None
+        return int(text) if text else None
+
+    def cpu_time_s(self) -> float | None:
+        """CPU time of the job's processes since `begin`."""
+        ns = self._cpu_ns()
+        return max(0, ns - self._base_cpu_ns) / 1e9 if ns is not None else None
 
     def stats(self) -> CgroupStats:
+        """Peak memory and OOM kills since `begin`."""
         if self.mode == "v2":
             peak = self._read("memory", "memory.peak")
             events = _keyed(self._read("memory", "memory.events") or "")
-            return CgroupStats(int(peak) if peak else 0, events.get("oom_kill", 0) > 0)
+            return CgroupStats(int(peak) if peak else 0, events.get("oom_kill", 0) > self._base_ooms)
         peak = self._read("memory", "memory.max_usage_in_bytes")
         control = _keyed(self._read("memory", "memory.oom_control") or "")
-        return CgroupStats(int(peak) if peak else 0, control.get("oom_kill", 0) > 0)
+        return CgroupStats(max(0, int(peak) - self._base_usage) if peak else 0,
+                           control.get("oom_kill", 0) > self._base_ooms)
 
     def pids(self) -> list[int]:
         """Processes in the job (in any of its hierarchies)."""
         found: set[int] = set()
-        for path in self.paths.values():
-            with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.procs")) as f:
-                found.update(int(p) for p in f.read().split())
+        for controller in self.paths:
+            found.update(int(p) for p in (self._read(controller, "cgroup.procs") or "").split())
         return sorted(found)
 
     def kill(self, timeout_s: float = 5.0) -> bool:
@@ -166,7 +248,8 @@ class JobCgroup:
         gone = True
         for path in self.paths.values():
             for delay in (0, 0.005, 0.02, 0.1, 0.3):  # exiting tasks leave the cgroup shortly
-                time.sleep(delay)
+                if delay:
+                    time.sleep(delay)
                 try:
                     os.rmdir(path)
                     break
@@ -179,6 +262,66 @@ class JobCgroup:
             else:
                 gone = False
         return empty and gone
+
+
+class CgroupPool:
+    """Job cgroups for the backend: `take` one for a job, `give` it back when the job is
+    over. On v1, emptied ones are kept (at most `keep`) and handed out again once they
+    are provably idle (`JobCgroup.idle`); one that cannot be emptied is left alone (the
+    caller reports the job as SANDBOX_ERROR)."""
+
+    def __init__(self, cgroups: Cgroups, keep: int = 64) -> None:
+        self.cgroups = cgroups
+        self.keep = keep if cgroups.mode == "v1" else 0
+        self._idle: list[JobCgroup] = []
+        self._lock = threading.Lock()
+
+    def take(self, memory_bytes: int, max_pids: int) -> JobCgroup:
+        """An empty job cgroup with these limits; OSError if none can be made."""
+        with self._lock:
+            kept = self._idle[:4]  # the oldest few: the likeliest to have had their zombies reaped
+        for job in kept:
+            try:
+                if not job.idle():
+                    continue
+            except OSError:
+                continue
+            with self._lock:
+                if job not in self._idle:
+                    continue  # another thread took it meanwhile
+                self._idle.remove(job)
+            try:
+                job.set_limits(memory_bytes, max_pids)
+                return job
+            except OSError:
+                job.destroy()
+        return self.cgroups.create(memory_bytes, max_pids)
+
+    def give(self, job: JobCgroup) -> bool:
+        """Takes back a job's cgroup once its job has ended: kills what is left, then
+        keeps it for reuse (or removes it). True when the cgroup was empty (the job
+        left nothing running)."""
+        if not job.kill():
+            return False
+        if self.keep:
+            with self._lock:
+                self._idle.append(job)
+                extra = self._idle[:-self.keep] if len(self._idle) > self.keep else []
+                del self._idle[:len(extra)]
+            for old in extra:
+                old.destroy()
+            return True
+        return job.destroy()
+
+    def idle(self) -> list[JobCgroup]:
+        with self._lock:
+            return list(self._idle)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for job in idle:
+            job.destroy()
 
 
 def _keyed(text: str) -> dict[str, int]:

@@ -3,7 +3,10 @@
 `backend` is one BwrapBackend for the session (cgroups where the host allows them);
 `rlimit_backend` forces the rlimit-only mode. Every test that used a backend is followed
 by `host_is_clean`, which fails the test if any process of a sandbox uid, or any job
-cgroup, is left on the host, or if the backend can no longer run a trivial job.
+cgroup, is left on the host, or if the backend can no longer run a trivial job. What the
+backend holds between jobs by design (`BwrapBackend.idle`: warm bwraps still waiting for
+their job's arguments, and empty job cgroups kept for reuse) is not a leftover, but it
+is checked too: a kept cgroup may hold nothing but its warm bwrap.
 
 Tests needing a sandbox are skipped, with bwrap's own reason, where it cannot create
 namespaces here (no bubblewrap, user namespaces disabled, no libseccomp).
@@ -32,11 +35,18 @@ TEST_UIDS = {"uid_base": bwrap_mod.DEFAULT_UID_BASE + 50_000, "uid_count": 64}
 sandboxes at the same time, and the leftover check must not see their live jobs."""
 
 
+_BACKENDS: list[bwrap_mod.BwrapBackend] = []
+"""Every backend of the session: they share TEST_UIDS, so each one's warm bwraps are
+seen when another one's uids are checked."""
+
+
 def _make(**options) -> bwrap_mod.BwrapBackend:
     try:
-        return bwrap_mod.BwrapBackend(**TEST_UIDS, **options)
+        b = bwrap_mod.BwrapBackend(**TEST_UIDS, **options)
     except RuntimeError as e:
         pytest.skip(f"bwrap sandbox unusable on this host: {e}")
+    _BACKENDS.append(b)
+    return b
 
 
 @pytest.fixture(scope="session")
@@ -55,11 +65,12 @@ def rlimit_backend() -> Iterator[bwrap_mod.BwrapBackend]:
 
 def sandbox_processes(b: bwrap_mod.BwrapBackend) -> list[tuple[int, int, str]]:
     """(pid, uid, state) of every live host process owned by one of the backend's job
-    uids. Zombies are not counted: an orphaned sandbox init is reaped by the host's init
-    in its own time, and a zombie runs nothing."""
+    uids, but its idle warm bwraps. Zombies are not counted: an orphaned sandbox init is
+    reaped by the host's init in its own time, and a zombie runs nothing."""
     pool = b._uids
     if pool is None:
         return []
+    warm = {pid for other in _BACKENDS for pid in other.idle()[0]}
     out = []
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -69,18 +80,23 @@ def sandbox_processes(b: bwrap_mod.BwrapBackend) -> list[tuple[int, int, str]]:
                     state = f.read().rsplit(")", 1)[1].split()[0]
             except OSError:
                 continue
-            if pool.base <= uid < pool.base + pool.count and state not in ("Z", "X"):
+            if pool.base <= uid < pool.base + pool.count and state not in ("Z", "X") and int(name) not in warm:
                 out.append((int(name), uid, state))
     return out
 
 
 def job_cgroups(b: bwrap_mod.BwrapBackend) -> list[str]:
-    """Job cgroup directories of this process left under the backend's parents."""
+    """Job cgroup directories of this process left under the backend's parents, but
+    those it keeps between jobs, which must hold no process but their warm bwrap."""
+    warm, kept = b.idle()
+    for path in kept:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            assert set(map(int, f.read().split())) <= set(warm), f"a kept cgroup holds a job's process: {path}"
     left = []
     for _, parent in b._cg.dirs:
         if os.path.isdir(parent):
             left += [os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(f"job-{os.getpid()}-")]
-    return left
+    return sorted(set(left) - set(kept))
 
 
 def make_runner(b: bwrap_mod.BwrapBackend) -> Run:
