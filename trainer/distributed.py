@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -132,6 +133,7 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
     timeout = timedelta(seconds=timeout_s)
+    forget_deepspeed_groups()  # a new default group: clones of an earlier one are stale
     if launched and world > 1:
         for name in ("MASTER_ADDR", "MASTER_PORT"):
             if name not in os.environ:
@@ -154,6 +156,34 @@ def shutdown() -> None:
     """Destroys the default process group, if any (at the end of a run)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    forget_deepspeed_groups()
+
+
+# Module globals in which DeepSpeed caches process groups it derived from the default one.
+_DEEPSPEED_GROUP_CACHES = (
+    "_WORLD_GROUP",
+    "_ZERO_PARAM_INTRA_PARALLEL_GROUP",
+    "_DATA_PARALLEL_GROUP",
+    "_MODEL_PARALLEL_GROUP",
+    "_TENSOR_MODEL_PARALLEL_GROUP",
+)
+
+
+def forget_deepspeed_groups() -> None:
+    """Drops DeepSpeed's cached clones of the world group.
+
+    DeepSpeed clones the default group once per process (`deepspeed.utils.groups`) and
+    keeps the clone in a module global. Once the default group is destroyed the clone
+    dangles, and the next `deepspeed.initialize` in the same process (a second run,
+    `referee eval` after `train`, the test suite) fails with "Group ... is not
+    registered". Called whenever the default group goes away.
+    """
+    groups = sys.modules.get("deepspeed.utils.groups")
+    if groups is None:
+        return
+    for name in _DEEPSPEED_GROUP_CACHES:
+        if hasattr(groups, name):
+            setattr(groups, name, None)
 
 
 def rank() -> int:
