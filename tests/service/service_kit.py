@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from referee.convert import dict_to_struct
 from referee.rewardsvc.config import ServerConfig, VerifierPoolConfig
 from referee.rewardsvc.server import ServerHandle, create_server
 from referee.rewardsvc.verifier_service import VerifierService
+from referee.testing import terminate
 from referee.v1 import reward_pb2 as pb
 
 SERVICE_DIR = Path(__file__).resolve().parent
@@ -136,16 +136,10 @@ class CliServer:
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, then wait (SIGKILL if it will not go); returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        code = terminate(self.proc, timeout)
         for t in self._readers:
             t.join(5)
-        return self.proc.returncode
+        return code
 
 
 def start_cli_server(args: Sequence[str], env: dict[str, str] | None = None) -> CliServer:
