@@ -14,9 +14,11 @@ def builtin_verifiers() -> tuple[Verifier, ...]:
     from referee.verifiers.choice import choice
     from referee.verifiers.code import code_reward
     from referee.verifiers.format import format_reward
+    from referee.verifiers.ifeval import ifeval
     from referee.verifiers.json_check import json_reward
     from referee.verifiers.length import length
     from referee.verifiers.match import exact, normalized_match, regex
     from referee.verifiers.math_answer import math_reward
+    from referee.verifiers.tool_call import tool_call
 
-    return (math_reward, exact, normalized_match, regex, choice, format_reward, json_reward, length, code_reward)
+    return (math_reward, exact, normalized_match, regex, choice, format_reward, json_reward, length, code_reward, tool_call, ifeval)
