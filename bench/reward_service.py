@@ -17,6 +17,11 @@ neighbour on a shared machine slows every system alike instead of just one:
   `multiprocessing` pool of as many processes as the service has workers (no network,
   no protobuf). Target: the service takes at most 1.5x the pool's time for the same
   samples, i.e. the serving overhead is small next to the verification itself.
+- ``ifeval`` and ``tool_call``: the same comparison (gRPC against the pool, on the
+  samples gRPC answered), plus the verifier called in a plain loop in this process (one
+  core, no pool), without targets. Samples come from `reward_samples`: IFEval essays of
+  a few hundred words with 2-5 instructions, and tool calls in the three text forms
+  against schemas, about half right; each with the value the verifier must give.
 
 The server runs as a subprocess (``referee serve verifiers``) so that the client and the
 server do not share a GIL, with its result cache off (``--cache-size 0``) so that every
@@ -26,7 +31,7 @@ What this does not measure: the cache (off on purpose), TLS, auth, more than one
 replica, or anything off loopback. Client and servers share the machine's cores, as a
 trainer and a co-located reward service would.
 
-    python bench/reward_service.py            # full run (about a minute on 2 cores)
+    python bench/reward_service.py            # full run (about 1.5 minutes on 2 cores)
     python bench/reward_service.py --quick    # smoke run (well under 30 s)
 """
 
@@ -55,10 +60,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reward_samples import ifeval_samples, tool_call_samples
+
 from referee.types import Sample
 
 EXACT_SPEC = "referee.verifiers.match:exact"
 MATH_SPEC = "referee.verifiers.math_answer:math_reward"
+IFEVAL_SPEC = "referee.verifiers.ifeval:ifeval"
+TOOL_CALL_SPEC = "referee.verifiers.tool_call:tool_call"
+LOOPED = ("ifeval", "tool_call")  # rewards also timed in a plain loop in this process
 START_TIMEOUT_S = 180.0
 TARGET_HTTP_RATIO = 20.0
 TARGET_MATH_RATIO = 1.5
@@ -272,13 +282,12 @@ def _pool_init(specs: list[str]) -> None:
     _TABLE.update(load_specs(specs))
 
 
-def _pool_verify(job: tuple[str, Sample]) -> tuple[str, Any]:
+def verify_one(table: dict[str, Any], name: str, sample: Sample) -> tuple[str, Any]:
     """The verifier called directly; exceptions become statuses as the service does."""
     from referee.types import InvalidInput
 
-    name, sample = job
     try:
-        r = _TABLE[name].verify(sample)
+        r = table[name].verify(sample)
     except InvalidInput:
         return ("INVALID_INPUT", None)
     except Exception as e:  # reported as a status, like the service; compared below
@@ -286,16 +295,21 @@ def _pool_verify(job: tuple[str, Sample]) -> tuple[str, Any]:
     return (r.status.value, r.value)
 
 
+def _pool_verify(job: tuple[str, Sample]) -> tuple[str, Any]:
+    return verify_one(_TABLE, *job)
+
+
 @contextmanager
-def verifier_pool(specs: list[str], reward: str, warm: list[Sample], workers: int) -> Iterator[Any]:
+def verifier_pool(specs: list[str], warm: list[tuple[str, Sample]], workers: int) -> Iterator[Any]:
     """A plain `multiprocessing` pool of `workers` processes with the verifiers loaded,
-    started from a fork server like the service's workers; `warm` is scored first, one
-    sample per task, so that every worker has made its first call before timing."""
+    started from a fork server like the service's workers; `warm` ((reward, sample)
+    pairs) is scored first, one sample per task, so that every worker has made its
+    first calls before timing."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["referee.registry", "referee.types"])
     pool = ctx.Pool(workers, initializer=_pool_init, initargs=(specs,))
     try:
-        pool.map(_pool_verify, [(reward, s) for s in warm], chunksize=1)
+        pool.map(_pool_verify, warm, chunksize=1)
         yield pool
     finally:
         pool.terminate()
@@ -308,6 +322,18 @@ def run_pool(pool: Any, reward: str, samples: list[Sample], chunksize: int,
     t0 = time.perf_counter()
     out = pool.map_async(_pool_verify, jobs, chunksize=chunksize).get(timeout=time_cap_s * 3)
     return Run(len(samples), time.perf_counter() - t0), out
+
+
+def run_loop(table: dict[str, Any], reward: str, samples: list[Sample],
+             time_cap_s: float) -> tuple[Run, list[tuple[str, Any]]]:
+    """The verifier called sample by sample in this process: one core, no pool, no IPC."""
+    out = []
+    t0 = time.perf_counter()
+    for s in samples:
+        out.append(verify_one(table, reward, s))
+        if time.perf_counter() - t0 > time_cap_s:
+            break
+    return Run(len(out), time.perf_counter() - t0, {"processes": 1}), out
 
 
 # --- HTTP baseline ---------------------------------------------------------------------
@@ -495,25 +521,66 @@ def settle() -> None:
 async def measure(args: argparse.Namespace, addr: str, http_urls: dict[tuple[str, int], str],
                   math_spec: str, math_reward: str, work: dict[str, list[tuple[Sample, float]]],
                   log: Callable[[str], None]) -> dict[str, Any]:
-    """Every system, round by round: exact over gRPC, exact over each HTTP set-up, math
-    over gRPC, math in the pool on the samples gRPC answered. Alternating spreads a noisy
+    """Every system, round by round: exact over gRPC, exact over each HTTP set-up, then
+    for math, ifeval and tool_call: gRPC, the pool on the samples gRPC answered, and
+    (ifeval, tool_call) the plain loop on the same samples. Alternating spreads a noisy
     neighbour over all of them instead of letting it land on one."""
+    from referee.registry import load_specs
     from referee.rewardsvc.client import RewardClient
 
     W, C, B, rounds = args.workers, args.callers, args.batch_size, args.rounds
     cap = args.time_cap / rounds
-    ex_pairs, ma_pairs = batches(work["exact"], B), batches(work["math"], B)
+    ex_pairs = batches(work["exact"], B)
     ex_warm = [s for s, _ in exact_samples(8 * W, seed=4, start=10**6)]
-    ma_warm = [s for s, _ in math_samples(8 * W, seed=5, start=10**6)]
-    runs: dict[str, list[Run]] = {"exact_grpc": [], "math_grpc": [], "math_pool": []}
+    # key: (reward name, warm-up samples); the ifeval warm-up makes every worker load
+    # langdetect's profiles before timing.
+    versus = {
+        "math": (math_reward, [s for s, _ in math_samples(8 * W, seed=5, start=10**6)]),
+        "ifeval": ("ifeval", [s for s, _ in ifeval_samples(
+            8 * W, seed=6, start=10**6, must=("language:response_language",))]),
+        "tool_call": ("tool_call", [s for s, _ in tool_call_samples(8 * W, seed=7, start=10**6)]),
+    }
+    pairs_of = {key: batches(work[key], B) for key in versus}
+    runs: dict[str, list[Run]] = {"exact_grpc": []}
     runs.update({f"http_{c}_{hw}": [] for c, hw in http_urls})
-    got: dict[str, list[Any]] = {"exact_items": [], "exact": [], "math_items": [], "math": [], "pool": []}
+    got: dict[str, list[Any]] = {"exact_items": [], "exact": []}
+    for key in versus:
+        runs.update({f"{key}_grpc": [], f"{key}_pool": []} | ({f"{key}_loop": []} if key in LOOPED else {}))
+        got.update({f"{key}_items": [], key: [], f"{key}_pool": []} | ({f"{key}_loop": []} if key in LOOPED else {}))
+    table = load_specs([IFEVAL_SPEC, TOOL_CALL_SPEC])
+    for key in LOOPED:
+        for s in versus[key][1]:
+            verify_one(table, key, s)
+
+    async def against_inprocess(key: str, k: int, pool: Any) -> str:
+        reward = versus[key][0]
+        pairs = share(pairs_of[key], k, rounds)
+        settle()
+        g, sc = await drive_grpc(client, reward, [[s for s, _ in b] for b in pairs], C, cap)
+        items, scores = answered(pairs, sc)
+        settle()
+        p, out = run_pool(pool, reward, [s for s, _ in items], args.pool_chunksize, cap)
+        runs[f"{key}_grpc"].append(g)
+        runs[f"{key}_pool"].append(p)
+        got[f"{key}_items"] += items
+        got[key] += scores
+        got[f"{key}_pool"] += out
+        line = f"{reward} gRPC {g.seconds:.2f}s vs pool {p.seconds:.2f}s"
+        if key in LOOPED:
+            settle()
+            lp, lout = run_loop(table, reward, [s for s, _ in items], cap)
+            runs[f"{key}_loop"].append(lp)
+            got[f"{key}_loop"] += lout
+            line += f" ({rate(g):.0f}/s; loop {rate(lp):.0f}/s)"
+        return line
 
     async with RewardClient(addr, chunk_size=B, max_concurrent_chunks=C,
                             timeout_s=max(60.0, args.time_cap * 2)) as client:
-        for reward, warm in (("exact", ex_warm), (math_reward, ma_warm)):  # connect, first calls
+        warm_all = [("exact", ex_warm), *versus.values()]
+        for reward, warm in warm_all:  # connect, first calls
             await asyncio.gather(*(client.score(reward, warm[i::2]) for i in range(2)))
-        with verifier_pool([math_spec], math_reward, ma_warm, W) as pool:
+        pool_warm = [(reward, s) for reward, warm in versus.values() for s in warm]
+        with verifier_pool([math_spec, IFEVAL_SPEC, TOOL_CALL_SPEC], pool_warm, W) as pool:
             for k in range(rounds):
                 pairs = share(ex_pairs, k, rounds)
                 settle()
@@ -530,33 +597,80 @@ async def measure(args: argparse.Namespace, addr: str, http_urls: dict[tuple[str
                     runs[f"http_{c}_{hw}"].append(h)
                     line.append(f"HTTP {c} x{hw} {rate(h):.0f}/s")
 
-                pairs = share(ma_pairs, k, rounds)
-                settle()
-                g, sc = await drive_grpc(client, math_reward, [[s for s, _ in b] for b in pairs], C, cap)
-                items, scores = answered(pairs, sc)
-                settle()
-                p, out = run_pool(pool, math_reward, [s for s, _ in items], args.pool_chunksize, cap)
-                runs["math_grpc"].append(g)
-                runs["math_pool"].append(p)
-                got["math_items"] += items
-                got["math"] += scores
-                got["pool"] += out
-                line.append(f"{math_reward} gRPC {g.seconds:.2f}s vs pool {p.seconds:.2f}s")
+                for key in versus:
+                    line.append(await against_inprocess(key, k, pool))
                 log(f"round {k + 1}/{rounds}: " + ", ".join(line))
     return {"runs": runs, "got": got}
+
+
+def rule_report(key: str, runs: dict[str, list[Run]], got: dict[str, list[Any]], n_batches: int,
+                chunksize: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
+    """The JSON section, checks and untargeted ratios of ifeval or tool_call: gRPC, the
+    pool and the loop, and each sample's value against the one it was built to get."""
+    g_runs, p_runs, l_runs = runs[f"{key}_grpc"], runs[f"{key}_pool"], runs[f"{key}_loop"]
+    answered_batches = sum(r.extra["batches"] for r in g_runs)
+    g = total(g_runs, batches=answered_batches, capped=answered_batches < n_batches)
+    p = total(p_runs, chunksize=chunksize)
+    lp = total(l_runs, processes=1, capped=sum(r.samples for r in l_runs) < p.samples)
+    time_rounds = [a.seconds / b.seconds for a, b in zip(g_runs, p_runs, strict=True)]
+    scores, items = got[key], got[f"{key}_items"]
+    agree = sum(1 for s, (st, v) in zip(scores, got[f"{key}_pool"], strict=True)
+                if s.status.value == st and s.value == v)
+    checks: dict[str, Any] = {
+        f"{key}_grpc_non_ok": sum(1 for s in scores if not s.ok),
+        f"{key}_grpc_wrong_values": sum(1 for s, (_, w) in zip(scores, items, strict=True)
+                                        if s.ok and s.value != w),
+        f"{key}_grpc_equals_inprocess": agree == len(scores),
+        # The loop may stop early at the time cap: it is checked on what it scored.
+        f"{key}_loop_wrong_values": sum(1 for (st, v), (_, w) in zip(got[f"{key}_loop"], items, strict=False)
+                                        if st != "OK" or v != w),
+    }
+    checks[f"{key}_valid"] = (checks[f"{key}_grpc_non_ok"] == checks[f"{key}_grpc_wrong_values"]
+                              == checks[f"{key}_loop_wrong_values"] == 0
+                              and checks[f"{key}_grpc_equals_inprocess"] and len(scores) > 0)
+    section = {
+        "grpc": g.to_json(),
+        "inprocess_pool": p.to_json(),
+        "inprocess_loop": lp.to_json(),
+        "round_time_ratios": [round(x, 3) for x in time_rounds],
+        "median_round_time_ratio": round(statistics.median(time_rounds), 3),
+    }
+    ratios = {f"{key}_grpc_time_ratio": round(g.seconds / p.seconds, 3),
+              f"{key}_grpc_vs_loop_throughput": round(rate(g) / rate(lp), 2)}
+    return section, checks, ratios
+
+
+def workload(key: str, pairs: list[tuple[Sample, float]]) -> dict[str, Any]:
+    """What the generated samples look like (for reading the rates)."""
+    n = max(1, len(pairs))
+    out: dict[str, Any] = {
+        "samples": len(pairs),
+        "mean_completion_chars": round(sum(len(s.completion or "") for s, _ in pairs) / n),
+        "mean_expected_value": round(sum(w for _, w in pairs) / n, 3),
+    }
+    if key == "ifeval":
+        out["mean_words"] = round(sum(len(re.findall(r"\w+", s.completion or "")) for s, _ in pairs) / n)
+        out["mean_instructions"] = round(
+            sum(len(s.metadata["instruction_id_list"]) for s, _ in pairs) / n, 2)
+    else:
+        out["mean_tools"] = round(sum(len(s.metadata["tools"]) if isinstance(s.metadata["tools"], list)
+                                      else len(json.loads(s.metadata["tools"])) for s, _ in pairs) / n, 2)
+    return out
 
 
 def bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     W, C = args.workers, args.callers
     math_ready = importlib.util.find_spec("referee.verifiers.math_answer") is not None
     math_spec, math_reward = (MATH_SPEC, "math") if math_ready else (EXACT_SPEC, "exact")
-    specs = [EXACT_SPEC] + ([MATH_SPEC] if math_ready else [])
+    specs = [EXACT_SPEC] + ([MATH_SPEC] if math_ready else []) + [IFEVAL_SPEC, TOOL_CALL_SPEC]
     clients = ["httpx"] + (["aiohttp"] if importlib.util.find_spec("aiohttp") else [])
     load_before = os.getloadavg()
     work = {
         "exact": exact_samples(args.exact_batches * args.batch_size, seed=1),
         "math": math_samples(args.math_batches * args.batch_size, seed=2),
         "http": exact_samples(args.http_samples, seed=3),
+        "ifeval": ifeval_samples(args.ifeval_batches * args.batch_size, seed=8),
+        "tool_call": tool_call_samples(args.tool_call_batches * args.batch_size, seed=9),
     }
 
     # Every server up at once; an idle one costs no CPU. The HTTP baseline runs with 1 and
@@ -609,7 +723,7 @@ def bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any
     exact_bad = sum(1 for s in got["exact"] if not s.ok)
     exact_wrong = sum(1 for s, (_, w) in zip(got["exact"], got["exact_items"], strict=True)
                       if s.ok and s.value != w)
-    agree = sum(1 for s, (st, v) in zip(got["math"], got["pool"], strict=True)
+    agree = sum(1 for s, (st, v) in zip(got["math"], got["math_pool"], strict=True)
                 if s.status.value == st and s.value == v)
     labels = sum(1 for s, (_, w) in zip(got["math"], got["math_items"], strict=True) if s.ok and s.value == w)
     n_math = len(got["math"])
@@ -625,6 +739,13 @@ def bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any
     }
     valid = (exact_bad == exact_wrong == checks["exact_http_errors"] == checks["exact_http_wrong_values"] == 0
              and checks["math_grpc_equals_inprocess"])
+    rules: dict[str, Any] = {}
+    for key, n_batches in (("ifeval", args.ifeval_batches), ("tool_call", args.tool_call_batches)):
+        section, key_checks, key_ratios = rule_report(key, runs, got, n_batches, args.pool_chunksize)
+        rules[key] = {**section, "workload": workload(key, work[key])}
+        checks.update(key_checks)
+        informational.update(key_ratios)
+        valid = valid and key_checks[f"{key}_valid"]
     return {
         "bench": "reward_service",
         "workers": W,
@@ -647,6 +768,7 @@ def bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any
             "round_time_ratios": [round(x, 3) for x in math_rounds],
             "median_round_time_ratio": round(statistics.median(math_rounds), 3),
         },
+        **rules,
         "grpc_server_startup_s": round(startup_s, 2),
         "ratios": {
             "exact_grpc_vs_http_throughput": round(http_ratio, 2),
@@ -683,14 +805,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256, help="samples per gRPC call (default 256)")
     p.add_argument("--exact-batches", type=int, default=400, help="exact batches over gRPC (default 400)")
     p.add_argument("--math-batches", type=int, default=48, help="math batches over gRPC (default 48)")
+    p.add_argument("--ifeval-batches", type=int, default=16, help="ifeval batches over gRPC (default 16)")
+    p.add_argument("--tool-call-batches", type=int, default=8,
+                   help="tool_call batches over gRPC (default 8)")
     p.add_argument("--http-samples", type=int, default=6000,
                    help="exact samples over HTTP, per uvicorn worker count tried (default 6000)")
     p.add_argument("--rounds", type=int, default=6,
-                   help="math runs alternate gRPC and pool this many times (default 6)")
+                   help="every system runs a share of its samples in each of this many rounds, "
+                   "taking turns (default 6)")
     p.add_argument("--pool-chunksize", type=int, default=64,
                    help="Pool.map chunksize of the in-process baseline (default 64, the service's)")
     p.add_argument("--time-cap", type=float, default=60.0,
-                   help="seconds each measured run may take (default 60; math: per system, over all rounds)")
+                   help="seconds each measured system may take over all rounds (default 60)")
     p.add_argument("--quick", action="store_true", help="smoke-sized run (well under 30 s)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -698,10 +824,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.batch_size = min(args.batch_size, 64)
         args.exact_batches, args.math_batches, args.http_samples, args.rounds = 16, 8, 300, 2
+        args.ifeval_batches, args.tool_call_batches = 2, 2
         args.time_cap = min(args.time_cap, 8.0)
     if min(args.workers, args.callers, args.batch_size, args.exact_batches, args.math_batches,
            args.http_samples, args.pool_chunksize, args.rounds) < 1 or args.time_cap <= 0:
         p.error("sizes must be >= 1 and --time-cap > 0")
+    if min(args.math_batches, args.ifeval_batches, args.tool_call_batches) < args.rounds:
+        p.error("--math-batches, --ifeval-batches and --tool-call-batches must be >= --rounds "
+                "(every round takes a share of them)")
     return args
 
 

@@ -45,6 +45,19 @@ def test_quick_run_prints_one_json_object() -> None:
         assert system["seconds"] > 0
         assert system["samples_per_s"] > 0
     assert out["math"]["grpc"]["samples"] == out["math"]["inprocess_pool"]["samples"]
+    for reward in ("ifeval", "tool_call"):  # through the service, in a pool, in a plain loop
+        section = out[reward]
+        for system in ("grpc", "inprocess_pool", "inprocess_loop"):
+            assert section[system]["samples"] > 0, (reward, system)
+            assert section[system]["samples_per_s"] > 0, (reward, system)
+        assert section["grpc"]["samples"] == section["inprocess_pool"]["samples"]
+        assert section["workload"]["samples"] >= section["grpc"]["samples"]
+        assert 0 < section["workload"]["mean_expected_value"] < 1  # a mix of right and wrong
+        assert {f"{reward}_grpc_time_ratio", f"{reward}_grpc_vs_loop_throughput"} <= set(
+            out["informational_ratios"])
+        assert out["checks"][f"{reward}_grpc_wrong_values"] == 0, out["checks"]
+        assert out["checks"][f"{reward}_loop_wrong_values"] == 0, out["checks"]
+        assert out["checks"][f"{reward}_grpc_equals_inprocess"] is True, out["checks"]
 
     names = {"exact_grpc_vs_http_throughput", "math_grpc_time_ratio"}
     assert set(out["ratios"]) == names
