@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # is already met (a bare `torch` would pull several GB of CUDA packages).
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup quickstart test lint proto bench clean
+.PHONY: setup quickstart demo test lint proto bench clean
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,9 @@ $(VENV)/.installed: pyproject.toml
 
 quickstart: setup
 	$(BIN)/python examples/quickstart/run.py
+
+demo: setup
+	$(BIN)/python examples/scoring/run.py
 
 test: setup
 	$(BIN)/ruff check .

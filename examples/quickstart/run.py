@@ -1,66 +1,97 @@
-"""The quickstart: start the verifiers service, score a few completions, stop it.
+"""The quickstart: a tiny model learns 2-digit addition, then GRPO against the `math` verifier.
 
-It runs the real pieces a trainer uses: `referee serve verifiers` as its own process
-(on a free loopback port), the gRPC client, and three built-in rewards. Data is made
-here in code. `make quickstart` runs it; it takes about ten seconds.
+`make quickstart` runs it; about five to ten minutes on 2 CPU cores. Every stage is the
+command a user would run:
+
+1. Data (`make_data.py`): `{a}+{b}=?` prompts with the sum as the reference. In half of
+   the warm-start completions the teacher hedges with a second, digit-swapped guess
+   ("\\boxed{58} or maybe \\boxed{85}"), the way a model unsure of itself does.
+2. SFT warm start: `referee train examples/configs/sft_tiny.yaml`. A character-level
+   Llama-style model (800k parameters, built from a config, no download) learns the
+   format and most of the arithmetic, and copies the hedging too.
+3. GRPO: `referee train examples/configs/grpo_tiny.yaml --set model.path=<the SFT model>`,
+   rewarded by `referee serve verifiers` started on loopback for the run
+   (`target: local`). The `math` verifier grades the last boxed answer, so a hedge whose
+   first answer was right scores 0. The verifier's signal is the only thing that tells
+   the policy to commit to its answer.
+4. The held-out accuracy (greedy, 200 problems never trained on) before and after GRPO,
+   and where the run directory, metrics and plot are.
+
+`--skip-sft` reuses an earlier warm start (runs/quickstart-sft/final) to rerun only GRPO;
+`--sft-set` and `--grpo-set` pass `key=value` overrides to each stage (the smoke test
+shrinks both runs to a few steps that way).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import subprocess
 import sys
-import tempfile
+import time
 from pathlib import Path
 
-from referee.rewardsvc.client import SyncRewardClient
-from referee.testing import serve_process
-
-MATH = [
-    ("What is 1/2 + 1/4?", r"Adding: 2/4 + 1/4 = 3/4. The answer is $\boxed{\frac{3}{4}}$.", "3/4"),
-    ("What is 1/2 + 1/4?", r"That makes \boxed{0.75}", r"\frac{3}{4}"),
-    ("Solve x + 3 = 5.", "x = 2, so the final answer is 2", "2"),
-    ("Solve x + 3 = 5.", r"I think it is \boxed{3}", "2"),
-    ("Expand (x+1)^2.", r"\boxed{x^2 + 2x + 1}", "(x+1)^2"),
-    ("Pick the primes below 6.", r"\boxed{\{5, 3, 2\}}", r"\{2,3,5\}"),
-    ("What is 2+2?", "I am not sure.", "4"),
-]
-FORMAT = [
-    "<think>2+2 is 4</think><answer>4</answer>",
-    "<answer>4</answer>",
-    "The answer is 4.",
-]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+CONFIGS = ROOT / "examples" / "configs"
+DATA = Path("runs/quickstart/data")
+SFT_MODEL = Path("runs/quickstart-sft/final")
+GRPO_RUN = Path("runs/quickstart-grpo")
 
 
-def make_samples(directory: Path) -> Path:
-    path = directory / "math.jsonl"
-    with path.open("w") as f:
-        for i, (prompt, completion, gold) in enumerate(MATH):
-            f.write(json.dumps({"id": f"m{i}", "prompt": prompt, "completion": completion, "reference": gold}) + "\n")
-    return path
+def stage(title: str, argv: list[str]) -> None:
+    print(f"\n== {title}\n$ {' '.join(argv)}", flush=True)
+    env = dict(os.environ)
+    env.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
+    t0 = time.perf_counter()
+    done = subprocess.run(argv, env=env)
+    if done.returncode != 0:
+        sys.exit(f"quickstart: '{title}' failed with exit code {done.returncode}")
+    print(f"== {title}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def show(title: str, rows: list[tuple[str, object]]) -> None:
-    print(f"\n{title}")
-    for text, score in rows:
-        value = "  --" if score.value is None else f"{score.value:4.2f}"  # type: ignore[attr-defined]
-        print(f"  {value}  {score.status.value:<13} {text[:58]!r}")  # type: ignore[attr-defined]
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def referee(*args: str) -> list[str]:
+    return [sys.executable, "-m", "referee.cli", *args]
+
+
+def overrides(pairs: list[str]) -> list[str]:
+    return [arg for pair in pairs for arg in ("--set", pair)]
+
+
+def accuracy(row: dict | None) -> float:
+    if not row or row.get("accuracy") is None:
+        sys.exit("quickstart: the GRPO run wrote no eval accuracy to summary.json")
+    return float(row["accuracy"])
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory() as tmp, serve_process(["verifiers", "--workers", "2"]) as server:
-        print(f"verifiers service up at {server.address}")
-        samples = [json.loads(line) for line in make_samples(Path(tmp)).read_text().splitlines()]
-        with SyncRewardClient(server.address, timeout_s=60) as client:
-            print("rewards offered:", ", ".join(r.name for r in client.list_rewards()))
-            scores = client.score("math", samples)
-            show("math (reward 1.0 when the final answer equals the reference)",
-                 [(s["completion"], sc) for s, sc in zip(samples, scores, strict=True)])
-            fmt = client.score("format", [{"completion": c} for c in FORMAT], {"partial_credit": True})
-            show("format (<think>..</think><answer>..</answer>, partial credit)", list(zip(FORMAT, fmt, strict=True)))
-            missing = client.score("math", [{"id": "no-completion", "reference": "4"}])
-            show("a sample with no completion is not scored as 0", [("(no completion)", missing[0])])
-            print(f"  reason: {missing[0].reason}")
-        print(f"\nthe same from a shell:\n  referee score --target {server.address} --reward math --input FILE.jsonl")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--skip-sft", action="store_true", help=f"reuse {SFT_MODEL} from an earlier run")
+    p.add_argument("--sft-set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for the SFT run")
+    p.add_argument("--grpo-set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for the GRPO run")
+    args = p.parse_args()
+    t0 = time.perf_counter()
+    stage("data", [sys.executable, str(HERE / "make_data.py"), "--out", str(DATA)])
+    if not (args.skip_sft and SFT_MODEL.is_dir()):
+        stage("SFT warm start", referee("train", str(CONFIGS / "sft_tiny.yaml"), *overrides(args.sft_set)))
+    stage("GRPO against the math verifier",
+          referee("train", str(CONFIGS / "grpo_tiny.yaml"),
+                  *overrides([f"model.path={SFT_MODEL}", *args.grpo_set])))
+
+    summary = json.loads((GRPO_RUN / "summary.json").read_text())
+    before, after = accuracy(summary.get("eval_before")), accuracy(summary.get("eval_after"))
+    print(f"\nheld-out accuracy (greedy, {GRPO_RUN}/metrics.jsonl):")
+    print(f"  SFT warm start  {before:.3f}")
+    print(f"  after GRPO      {after:.3f}   ({100 * (after - before):+.1f} points)")
+    print(f"curves: {GRPO_RUN / 'curves.png'}   run directory: {GRPO_RUN}")
+    print(f"quickstart done in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
