@@ -5,6 +5,7 @@
     referee list --target HOST:PORT
     referee health --target HOST:PORT
     referee serve sandbox [--backend bwrap|docker] [--slots N]
+    referee serve rollout --model DIR|tiny:tiny [--port 30000]
     referee exec --target HOST:PORT --language python FILE [--stdin FILE]
     referee train CONFIG.yaml [--set key=value ...] [--resume]
     referee eval CONFIG.yaml [--set key=value ...] [--model DIR]
@@ -89,6 +90,25 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--docker-pool-size", type=int, default=None, help="warm containers (default: --slots)")
     _limit_args(sb, "default ")
     sb.set_defaults(run=_run_serve_sandbox)
+
+    ro = serve_sub.add_parser(
+        "rollout",
+        help="a CPU stand-in for an SGLang server (HTTP: /generate, weight updates, OpenAI routes)",
+        description="Serve a transformers model over the part of SGLang's native HTTP API the trainer "
+        "uses, plus /v1/chat/completions and /v1/completions. For development and CI on CPU: one "
+        "request generates at a time; it is not a serving engine.",
+    )
+    ro.add_argument("--model", required=True,
+                    help="Hugging Face model directory, or tiny:tiny / tiny:small (built in code)")
+    ro.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    ro.add_argument("--port", type=int, default=30000, help="port to bind; 0 picks a free one (default 30000)")
+    ro.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights dtype (default fp32)")
+    ro.add_argument("--max-total-tokens", type=int, default=None,
+                    help="most tokens one request may need (prompt + max_new_tokens, times n, summed)")
+    ro.add_argument("--weight-version", default="default", help="initial weight_version (default 'default')")
+    ro.add_argument("--threads", type=int, default=None, help="torch threads (default 1 on CPU)")
+    ro.add_argument("--log-level", default="WARNING", help="uvicorn log level (default WARNING)")
+    ro.set_defaults(run=_run_serve_rollout)
 
     ex = sub.add_parser(
         "exec",
@@ -342,6 +362,27 @@ def _run_serve_sandbox(args: argparse.Namespace) -> int:
     for t in toolchains:
         print(f"  {t.language:<11} {'ok' if t.available else 'MISSING':<8} {t.detail}", flush=True)
     asyncio.run(serve(cfg, [SandboxService(backend, sandbox_cfg, toolchains)], "sandbox"))
+    return 0
+
+
+def _run_serve_rollout(args: argparse.Namespace) -> int:
+    import torch
+
+    from referee.trainer.rollout.serve import load_backend, serve
+
+    # One thread per process on CPU unless asked (see referee.trainer.recipes.common).
+    if args.threads or not torch.cuda.is_available():
+        torch.set_num_threads(args.threads or 1)
+    try:
+        if args.max_total_tokens is not None and args.max_total_tokens < 1:
+            raise ValueError("--max-total-tokens must be >= 1")
+        backend = load_backend(args.model, dtype=args.dtype, max_total_tokens=args.max_total_tokens,
+                               weight_version=args.weight_version)
+    except (ValueError, OSError) as e:
+        print(f"referee serve rollout: {e}", file=sys.stderr)
+        return 2
+    print(f"rollout model: {args.model} (context {backend.context_len} tokens, {args.dtype})", flush=True)
+    serve(backend, args.host, args.port, log_level=args.log_level)
     return 0
 
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_LISTENING = re.compile(r"listening on grpcs?://(\S+)")
+_LISTENING = re.compile(r"listening on (?:grpcs?|https?)://(\S+)")
 
 
 @dataclass

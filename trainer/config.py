@@ -265,20 +265,52 @@ class SglangConfig:
     """The SGLang engine: HTTP to servers (or a router) that the trainer keeps in sync."""
 
     urls: list[str] = field(default_factory=list)
-    """Base URLs of SGLang servers or of one router, e.g. http://127.0.0.1:30000."""
+    """Base URLs of SGLang servers or of one router, e.g. http://127.0.0.1:30000; or
+    ["local"] for a `referee serve rollout` started for the run."""
 
-    weight_sync: Literal["disk", "nccl", "cuda_ipc"] = "disk"
-    """How new weights reach the servers after each step."""
+    weight_sync: Literal["disk", "nccl", "tensor"] = "disk"
+    """How new weights reach the servers after each step: disk (save, then
+    /update_weights_from_disk), nccl (broadcast to the servers' GPUs), tensor (CUDA IPC
+    to colocated servers)."""
+
+    weight_sync_dir: str = ""
+    """For weight_sync disk: a directory every server can read at the same path; each
+    synced version is saved under it. Empty: a folder in the run directory."""
+
+    bucket_mb: float = 512.0
+    """For nccl and tensor: parameters are sent in buckets of about this many MiB (and
+    gathered per bucket under ZeRO-3)."""
+
+    health_timeout_s: float = 300.0
+    """How long to wait at start for every server's /health_generate to answer."""
+
+    retry_total_s: float = 600.0
+    """How long one request keeps retrying a server that is down or answers 5xx before
+    the run stops with an error (no partial batch is ever trained on)."""
 
     timeout_s: float = 600.0
     """Deadline for one generation request."""
 
+    @property
+    def is_local(self) -> bool:
+        return self.urls == ["local"]
+
     def __post_init__(self) -> None:
         for i, url in enumerate(self.urls):
+            if url == "local":
+                if len(self.urls) > 1:
+                    raise ConfigError(f"urls.{i}", '"local" cannot be mixed with URLs')
+                continue
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"urls.{i}", f"{url!r} needs http:// or https://")
-        if self.timeout_s <= 0:
-            raise ConfigError("timeout_s", f"must be > 0, got {self.timeout_s}")
+        for key in ("bucket_mb", "health_timeout_s", "retry_total_s", "timeout_s"):
+            value = getattr(self, key)
+            if not value > 0:
+                raise ConfigError(key, f"must be > 0, got {value}")
+        if self.is_local and self.weight_sync != "disk":
+            raise ConfigError(
+                "weight_sync", f"{self.weight_sync} needs GPU servers; a local server takes disk"
+            )
 
 
 @dataclass
@@ -333,7 +365,10 @@ class RolloutConfig:
             if not s:
                 raise ConfigError(f"stop.{i}", "is empty; an empty stop string ends at once")
         if self.engine == "sglang" and not self.sglang.urls:
-            raise ConfigError("sglang.urls", "is empty; the sglang engine needs server URLs")
+            raise ConfigError(
+                "sglang.urls",
+                'is empty; the sglang engine needs server URLs (or ["local"] to start one)',
+            )
 
     @property
     def batch_completions(self) -> int:

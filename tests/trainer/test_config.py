@@ -507,3 +507,43 @@ def test_real_verifiers_service_is_reachable() -> None:
 
     with serve_process(["verifiers", "--workers", "1", "--no-entrypoints"]) as server:
         check_reachable(with_targets(server.address))
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "text"),
+    [
+        ("rollout.sglang.bucket_mb=0", "rollout.sglang.bucket_mb", "must be > 0"),
+        ("rollout.sglang.retry_total_s=-1", "rollout.sglang.retry_total_s", "must be > 0"),
+        ("rollout.sglang.health_timeout_s=0", "rollout.sglang.health_timeout_s", "must be > 0"),
+        ("rollout.sglang.urls=[local, http://h:1]", "rollout.sglang.urls.0", "cannot be mixed"),
+        ("rollout.sglang.urls=[h:1]", "rollout.sglang.urls.0", "needs http://"),
+        (
+            "rollout.sglang={urls: [local], weight_sync: nccl}",
+            "rollout.sglang.weight_sync",
+            "local server takes disk",
+        ),
+        ("rollout.sglang.weight_sync=ipc", "rollout.sglang.weight_sync", "tensor"),
+    ],
+)
+def test_sglang_settings_checked(tmp_path: Path, override: str, key: str, text: str) -> None:
+    e = error(tmp_path, base(), [override])
+    assert e.key == key
+    assert text in str(e)
+
+
+def test_sglang_engine_settings_load(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(tmp_path, base()),
+        [
+            "rollout.engine=sglang",
+            "rollout.sglang.urls=[http://127.0.0.1:30000, http://127.0.0.1:30001]",
+            "rollout.sglang.weight_sync=nccl",
+            "rollout.sglang.bucket_mb=64",
+        ],
+    )
+    assert cfg.rollout.sglang.urls[1] == "http://127.0.0.1:30001"
+    assert cfg.rollout.sglang.weight_sync == "nccl" and cfg.rollout.sglang.bucket_mb == 64
+    local = load_config(
+        write(tmp_path, base()), ["rollout.engine=sglang", "rollout.sglang.urls=[local]"]
+    )
+    assert local.rollout.sglang.is_local

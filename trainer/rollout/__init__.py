@@ -1,7 +1,8 @@
 """Rollout engines: sampling completions from the current policy (DESIGN.md §5).
 
 `RolloutEngine` is the protocol; `HFEngine` is the in-process transformers engine (the
-CPU default). See `base.py` for the logprob, stop and delivery conventions.
+CPU default); `SGLangEngine` talks to SGLang servers over HTTP, kept in sync by
+`weight_sync`. See `base.py` for the logprob, stop and delivery conventions.
 """
 
 from .base import (
@@ -16,6 +17,7 @@ from .base import (
     iter_groups,
 )
 from .hf import HFEngine
+from .sglang import SGLangEngine
 
 __all__ = [
     "Completion",
@@ -25,6 +27,7 @@ __all__ = [
     "RolloutBatch",
     "RolloutEngine",
     "RolloutTensors",
+    "SGLangEngine",
     "SamplingParams",
     "WeightSource",
     "iter_groups",

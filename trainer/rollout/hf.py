@@ -64,6 +64,7 @@ class HFEngine:
         self.pad_token_id = pad if pad is not None else tokenizer.eos_token_id
         self.eos_token_ids = _eos_ids(model, tokenizer)
         self._abort = threading.Event()
+        self._cancel: threading.Event | None = None  # this call's, see `generate`
         self._busy = threading.Lock()
         self._closed = False
 
@@ -74,7 +75,12 @@ class HFEngine:
         prompts: Sequence[Sequence[int]],
         params: SamplingParams,
         on_group: GroupCallback | None = None,
+        *,
+        cancel: threading.Event | None = None,
     ) -> list[list[Completion]]:
+        """See `RolloutEngine.generate`. Setting `cancel` ends this call early like
+        `close` does (unfinished completions get finish_reason "abort"), but leaves the
+        engine usable: the rollout server aborts one request this way."""
         if self._closed:
             raise RuntimeError("HFEngine is closed")
         for i, prompt in enumerate(prompts):
@@ -82,9 +88,11 @@ class HFEngine:
                 raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("HFEngine.generate is already running; it runs one call at a time")
+        self._cancel = cancel
         try:
             return self._generate(prompts, params, on_group)
         finally:
+            self._cancel = None
             self._busy.release()
 
     def update_weights(self, source: WeightSource, version: int | None = None) -> None:
@@ -114,6 +122,10 @@ class HFEngine:
         self._closed = True
 
     # -- generation ------------------------------------------------------------------
+
+    def _stopping(self) -> bool:
+        cancel = self._cancel
+        return self._abort.is_set() or (cancel is not None and cancel.is_set())
 
     def _generate(
         self,
@@ -153,7 +165,7 @@ class HFEngine:
     ) -> list[list[Completion]]:
         device = next(self.model.parameters()).device
         rows = [_Row(i, j, ids) for i, ids in prompts for j in range(params.n)]
-        if self._abort.is_set():
+        if self._stopping():
             return _finish_groups(rows, params.n, self.weight_version)
         generators = None
         if not params.greedy:
@@ -185,7 +197,7 @@ class HFEngine:
         max_stop_len = max((len(s) for s in params.stop), default=0)
 
         for _ in range(params.max_new_tokens):
-            if self._abort.is_set():
+            if self._stopping():
                 for k in active:
                     rows[k].finish = "abort"
                 break
