@@ -95,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         "rollout",
         help="a CPU stand-in for an SGLang server (HTTP: /generate, weight updates, OpenAI routes)",
         description="Serve a transformers model over the part of SGLang's native HTTP API the trainer "
-        "uses, plus /v1/chat/completions and /v1/completions. For development and CI on CPU: one "
-        "request generates at a time; it is not a serving engine.",
+        "uses, plus /v1/chat/completions and /v1/completions. For development and CI on CPU: queued "
+        "requests with the same sampling settings run as one batch; it is not a serving engine.",
     )
     ro.add_argument("--model", required=True,
                     help="Hugging Face model directory, or tiny:tiny / tiny:small (built in code)")
@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights dtype (default fp32)")
     ro.add_argument("--max-total-tokens", type=int, default=None,
                     help="most tokens one request may need (prompt + max_new_tokens, times n, summed)")
+    ro.add_argument("--max-batch-size", type=int, default=64,
+                    help="most rows (prompts x n) merged into one generation batch (default 64)")
+    ro.add_argument("--batch-wait-ms", type=float, default=2.0,
+                    help="how long the oldest queued request waits for others to join its batch (default 2)")
     ro.add_argument("--weight-version", default="default", help="initial weight_version (default 'default')")
     ro.add_argument("--threads", type=int, default=None, help="torch threads (default 1 on CPU)")
     ro.add_argument("--log-level", default="WARNING", help="uvicorn log level (default WARNING)")
@@ -210,11 +214,16 @@ def _run_train(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as e:
         return _config_error(e)
     from referee.trainer.recipes import train
+    from referee.trainer.rollout.sglang import SGLangUnavailableError
+    from referee.trainer.rollout.weight_sync import WeightSyncError
 
     try:
         summary = train(cfg, resume=args.resume)
     except ConfigError as e:  # start-up checks: missing model, unreachable reward target
         return _config_error(e)
+    except (SGLangUnavailableError, WeightSyncError) as e:  # rollout servers gone mid-run
+        print(f"error: the run stopped: {e}", file=sys.stderr)
+        return 1
     if summary:
         print(json.dumps({k: summary.get(k) for k in ("run_dir", "steps", "wall_s",
                                                       "eval_before", "eval_after")}, indent=2))
@@ -376,8 +385,13 @@ def _run_serve_rollout(args: argparse.Namespace) -> int:
     try:
         if args.max_total_tokens is not None and args.max_total_tokens < 1:
             raise ValueError("--max-total-tokens must be >= 1")
+        if args.max_batch_size < 1:
+            raise ValueError("--max-batch-size must be >= 1")
+        if not 0 <= args.batch_wait_ms <= 10_000:
+            raise ValueError("--batch-wait-ms must be between 0 and 10000")
         backend = load_backend(args.model, dtype=args.dtype, max_total_tokens=args.max_total_tokens,
-                               weight_version=args.weight_version)
+                               weight_version=args.weight_version, max_batch_size=args.max_batch_size,
+                               batch_wait_ms=args.batch_wait_ms)
     except (ValueError, OSError) as e:
         print(f"referee serve rollout: {e}", file=sys.stderr)
         return 2

@@ -533,6 +533,11 @@ class AlgorithmConfig:
     mini_batches: int = 1
     """Optimiser steps per pass; each uses the old-policy log-probs for its ratio."""
 
+    tis_cap: float | None = None
+    """Truncated importance sampling against the rollout engine's mismatch: each token's
+    loss is weighted by min(pi_trainer / pi_rollout, tis_cap), pi_trainer from the
+    trainer's own forward pass of the sampling weights (e.g. 2.0). Null: off."""
+
     def __post_init__(self) -> None:
         low, high, aggregation = _ALGORITHM_DEFAULTS[self.name]
         self.clip_low = low if self.clip_low is None else self.clip_low
@@ -554,6 +559,12 @@ class AlgorithmConfig:
             raise ConfigError("ppo_epochs", f"must be >= 1, got {self.ppo_epochs}")
         if self.mini_batches < 1:
             raise ConfigError("mini_batches", f"must be >= 1, got {self.mini_batches}")
+        if self.tis_cap is not None and not self.tis_cap >= 1:
+            raise ConfigError(
+                "tis_cap",
+                f"must be >= 1 (it caps the ratio pi_trainer / pi_rollout; 2.0 is usual), "
+                f"got {self.tis_cap}; null turns the correction off",
+            )
 
     @property
     def group_based(self) -> bool:

@@ -1,4 +1,5 @@
-"""Reward services started by the trainer for one run: the `target: local` sources.
+"""Services started by the trainer for one run: the `target: local` reward sources, and
+the rollout server of `rollout.sglang.urls: [local]`.
 
 >>> with start_local_services(cfg.reward.sources) as local:          # doctest: +SKIP
 ...     with RewardScorer(cfg.reward.sources, local.targets(cfg.reward.sources)) as scorer:
@@ -9,6 +10,10 @@ Each distinct `(service, local_args)` among the local sources becomes one
 by every source that names it. The port is the one the server prints on its
 "listening on" line, so two runs on one machine never collide. A service is used only
 after its gRPC health service answers SERVING.
+
+`start_service("rollout", ["--model", DIR])` starts `referee serve rollout` the same way;
+it prints an `http://` address and is ready once `GET /health_generate` answers 200 (a
+one-token generation, so the model has loaded and runs).
 
 A verifiers service that serves the `code` reward needs a sandbox service: when a source
 asks for `code` (or its `local_args` say `--sandbox local`) and names no sandbox of its
@@ -44,13 +49,17 @@ from typing import Literal, Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-Service = Literal["verifiers", "sandbox"]
+Service = Literal["verifiers", "sandbox", "rollout"]
 
-#: The proto service each `referee serve` subcommand serves, as its health service knows it.
+#: The proto service each gRPC `referee serve` subcommand serves, as its health service
+#: knows it.
 HEALTH_NAMES: dict[str, str] = {
     "verifiers": "referee.v1.RewardService",
     "sandbox": "referee.v1.SandboxService",
 }
+
+#: HTTP services and the route that answers 200 once they can serve (SGLang's).
+HTTP_HEALTH: dict[str, str] = {"rollout": "/health_generate"}
 
 #: Rewards that run code, so their verifiers service needs a sandbox.
 SANDBOX_REWARDS = frozenset({"code"})
@@ -59,7 +68,7 @@ SANDBOX_REWARDS = frozenset({"code"})
 #: a local service is plaintext without a token (a token never goes in the YAML).
 _RESERVED = ("--host", "--port", "--tls-cert", "--tls-key", "--token")
 
-_LISTENING = re.compile(r"listening on grpcs?://(\S+)")
+_LISTENING = re.compile(r"listening on (grpcs?|https?)://(\S+)")
 _OUTPUT_LINES = 200
 
 
@@ -98,6 +107,8 @@ class LocalService:
     address: str
     """`127.0.0.1:PORT`, as the server printed it."""
     proc: subprocess.Popen[str]
+    scheme: str = "grpc"
+    """As printed before the address: grpc for the reward services, http for rollout."""
     output_lines: deque[str] = field(default_factory=lambda: deque(maxlen=_OUTPUT_LINES))
     """The last lines it printed (stdout and stderr together)."""
     _pump: threading.Thread | None = field(default=None, repr=False)
@@ -105,6 +116,11 @@ class LocalService:
     @property
     def output(self) -> str:
         return "".join(self.output_lines)
+
+    @property
+    def url(self) -> str:
+        """`scheme://address`, e.g. `http://127.0.0.1:PORT` for the rollout server."""
+        return f"{self.scheme}://{self.address}"
 
     @property
     def alive(self) -> bool:
@@ -147,11 +163,12 @@ def start_service(
     `workers` (verifiers only; default `default_workers()`) is passed as `--workers`
     unless `args` has its own. `env` is added to this process's environment (e.g.
     PYTHONPATH for a `--load` module). Raises `LocalServiceError`, with the command
-    and the process output, when it exits, prints no address, or is not SERVING
-    within `ready_timeout_s`.
+    and the process output, when it exits, prints no address, or is not healthy (gRPC
+    SERVING, or HTTP 200 on its health route) within `ready_timeout_s`.
     """
-    if service not in HEALTH_NAMES:
-        raise ValueError(f"unknown service {service!r}; expected one of {', '.join(HEALTH_NAMES)}")
+    known = [*HEALTH_NAMES, *HTTP_HEALTH]
+    if service not in known:
+        raise ValueError(f"unknown service {service!r}; expected one of {', '.join(known)}")
     args = list(args)
     for a in args:
         if a.split("=", 1)[0] in _RESERVED:
@@ -193,7 +210,7 @@ def start_service(
             svc.output_lines.append(line)
             m = _LISTENING.search(line)
             if m and not found.is_set():
-                svc.address = m.group(1)
+                svc.scheme, svc.address = m.group(1), m.group(2)
                 found.set()
         found.set()
 
@@ -213,7 +230,10 @@ def start_service(
             code = proc.poll()
             why = "closed its output" if code is None else f"exited with status {code}"
             raise LocalServiceError(_failure(svc, why + " before printing its address"))
-        _wait_serving(svc, deadline)
+        if service in HTTP_HEALTH:
+            _wait_http_healthy(svc, HTTP_HEALTH[service], deadline)
+        else:
+            _wait_serving(svc, deadline)
     except BaseException:
         svc.stop(grace_s=2.0)
         raise
@@ -249,6 +269,29 @@ def _wait_serving(svc: LocalService, deadline: float) -> None:
                 if resp.status == health_pb2.HealthCheckResponse.SERVING:
                     return
                 last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+            time.sleep(0.05)
+
+
+def _wait_http_healthy(svc: LocalService, route: str, deadline: float) -> None:
+    """Polls `GET route` on an HTTP service until it answers 200."""
+    import httpx
+
+    last = "no answer"
+    with httpx.Client() as client:
+        while True:
+            if not svc.alive:
+                raise LocalServiceError(_failure(svc, f"exited with status {svc.proc.returncode}"))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LocalServiceError(_failure(svc, f"is not healthy at {svc.url} ({last})"))
+            try:
+                response = client.get(svc.url + route, timeout=min(20.0, max(left, 0.1)))
+            except httpx.TransportError as e:
+                last = f"{route}: {type(e).__name__}: {e}"
+            else:
+                if response.status_code == 200:
+                    return
+                last = f"{route}: HTTP {response.status_code}"
             time.sleep(0.05)
 
 

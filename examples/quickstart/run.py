@@ -19,7 +19,9 @@ command a user would run:
 
 `--skip-sft` reuses an earlier warm start (runs/quickstart-sft/final) to rerun only GRPO;
 `--sft-set` and `--grpo-set` pass `key=value` overrides to each stage (the smoke test
-shrinks both runs to a few steps that way).
+shrinks both runs to a few steps that way). `--engine sglang` samples GRPO's rollouts
+from `referee serve rollout` (SGLang's HTTP protocol, started for the run and synced
+from disk after every step: grpo_tiny_sglang.yaml) instead of in process.
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ ROOT = HERE.parents[1]
 CONFIGS = ROOT / "examples" / "configs"
 DATA = Path("runs/quickstart/data")
 SFT_MODEL = Path("runs/quickstart-sft/final")
-GRPO_RUN = Path("runs/quickstart-grpo")
+#: The GRPO config and its run directory (the config's `name`) for each rollout engine.
+GRPO = {
+    "hf": ("grpo_tiny.yaml", Path("runs/quickstart-grpo")),
+    "sglang": ("grpo_tiny_sglang.yaml", Path("runs/quickstart-grpo-sglang")),
+}
 
 
 def stage(title: str, argv: list[str]) -> None:
@@ -76,21 +82,24 @@ def main() -> int:
     p.add_argument("--skip-sft", action="store_true", help=f"reuse {SFT_MODEL} from an earlier run")
     p.add_argument("--sft-set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for the SFT run")
     p.add_argument("--grpo-set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for the GRPO run")
+    p.add_argument("--engine", choices=sorted(GRPO), default="hf",
+                   help="GRPO rollouts in process (hf, default) or from a local SGLang-protocol server")
     args = p.parse_args()
+    grpo_config, grpo_run = GRPO[args.engine]
     t0 = time.perf_counter()
     stage("data", [sys.executable, str(HERE / "make_data.py"), "--out", str(DATA)])
     if not (args.skip_sft and SFT_MODEL.is_dir()):
         stage("SFT warm start", referee("train", str(CONFIGS / "sft_tiny.yaml"), *overrides(args.sft_set)))
     stage("GRPO against the math verifier",
-          referee("train", str(CONFIGS / "grpo_tiny.yaml"),
+          referee("train", str(CONFIGS / grpo_config),
                   *overrides([f"model.path={SFT_MODEL}", *args.grpo_set])))
 
-    summary = json.loads((GRPO_RUN / "summary.json").read_text())
+    summary = json.loads((grpo_run / "summary.json").read_text())
     before, after = accuracy(summary.get("eval_before")), accuracy(summary.get("eval_after"))
-    print(f"\nheld-out accuracy (greedy, {GRPO_RUN}/metrics.jsonl):")
+    print(f"\nheld-out accuracy (greedy, {grpo_run}/metrics.jsonl):")
     print(f"  SFT warm start  {before:.3f}")
     print(f"  after GRPO      {after:.3f}   ({100 * (after - before):+.1f} points)")
-    print(f"curves: {GRPO_RUN / 'curves.png'}   run directory: {GRPO_RUN}")
+    print(f"curves: {grpo_run / 'curves.png'}   run directory: {grpo_run}")
     print(f"quickstart done in {time.perf_counter() - t0:.0f} s")
     return 0
 

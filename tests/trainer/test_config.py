@@ -311,6 +311,7 @@ def test_eval_needs_held_out_data_and_a_known_reward(tmp_path: Path) -> None:
         ("deepspeed.zero_stage=4", "deepspeed.zero_stage", "must be 0, 1, 2 or 3"),
         ("deepspeed.extra={train_batch_size: 3}", "deepspeed.extra.train_batch_size", "is derived"),
         ("algorithm.kl.coef=-1", "algorithm.kl.coef", "must be >= 0"),
+        ("algorithm.tis_cap=0.5", "algorithm.tis_cap", "null turns the correction off"),
         ("name=my run", "name", "must be letters"),
     ],
 )

@@ -125,6 +125,30 @@ def test_killed_server_leaves_no_workers_behind() -> None:
     assert _wait_gone(members) == []
 
 
+def test_rollout_server_starts_on_http_and_is_healthy_then_stops() -> None:
+    import httpx
+
+    svc = start_service("rollout", ["--model", "tiny:tiny", "--weight-version", "7"])
+    try:
+        assert svc.scheme == "http" and svc.url == f"http://{svc.address}"
+        assert svc.address.startswith("127.0.0.1:") and "--workers" not in svc.command
+        assert httpx.get(svc.url + "/health_generate", timeout=30).status_code == 200
+        info = httpx.get(svc.url + "/get_model_info", timeout=30).json()
+        assert info["weight_version"] == "7"
+    finally:
+        code = svc.stop(grace_s=10)
+    # Stopped by the SIGTERM (uvicorn under asyncio.run ends by the signal, -15), not
+    # left running; nothing else is in its group.
+    assert code is not None and not svc.alive, svc.output
+    assert _wait_gone([svc.proc.pid]) == []
+
+
+def test_failed_rollout_start_shows_the_output() -> None:
+    with pytest.raises(LocalServiceError, match="not a directory") as info:
+        start_service("rollout", ["--model", "/nonexistent/model"], ready_timeout_s=30)
+    assert "serve rollout" in str(info.value)
+
+
 def test_failed_start_names_the_source_and_shows_the_output() -> None:
     marker = "16381"
     src = RewardSourceConfig(

@@ -15,9 +15,11 @@ from torch.testing import assert_close
 
 from referee.trainer.algorithms import (
     gspo_loss,
+    logprob_gap,
     ppo_clip_loss,
     seq_mean_token_sum_norm,
     sequence_mean,
+    tis_weights,
     token_mean,
 )
 
@@ -259,3 +261,67 @@ def test_gspo_token_gradient_equals_sequence_level_gspo():
     (-seq_obj.mean()).backward()
     assert_close(token_grad, logp.grad, atol=1e-7, rtol=1e-5)
     assert token_grad[~m].abs().max() == 0
+
+
+# --- train/rollout mismatch: the logprob gap and truncated importance sampling -------------
+
+# The TIS fixture: the trainer's old logprobs are 0, the rollout engine's are -log(r), so
+# pi_old / pi_rollout = exp(0 + log r) = r exactly:
+#   row 0, A = +1, r [0.5, 1.0, 4.0]   (3 tokens)
+#   row 1, A = -2, r [1.5, 3.0, pad]   (2 tokens; the engine's pad logprob is -inf)
+# cap 2: weights min(r, 2) = [[0.5, 1, 2], [1.5, 2, -]].
+TIS_RATIOS = [[0.5, 1.0, 4.0], [1.5, 3.0, 1.0]]
+
+
+def tis_inputs():
+    old = torch.zeros(2, 3)
+    rollout = -torch.log(t(TIS_RATIOS))
+    rollout[1, 2] = -math.inf  # garbage under the pad must not reach anything
+    return old, rollout, torch.tensor(MASK, dtype=torch.bool)
+
+
+def test_tis_weights_by_hand():
+    old, rollout, mask = tis_inputs()
+    w = tis_weights(old, rollout, mask, cap=2.0)
+    assert_close(w, t([[0.5, 1.0, 2.0], [1.5, 2.0, 1.0]]), **TOL)  # pad: 1
+    assert not w.requires_grad
+    with pytest.raises(ValueError, match="cap must be >= 1"):
+        tis_weights(old, rollout, mask, cap=0.5)
+    with pytest.raises(ValueError, match=r"must all be \[N, T\]"):
+        tis_weights(old, rollout[:, :2], mask, cap=2.0)
+
+
+def test_logprob_gap_by_hand():
+    # |gap| = |log r| = [log 2, 0, log 4, log 1.5, log 3]; mean 3.583519 / 5 = 0.716704;
+    # max log 4 = 1.386294; mean exp(gap) = (0.5 + 1 + 4 + 1.5 + 3) / 5 = 2.
+    old, rollout, mask = tis_inputs()
+    gap = logprob_gap(old, rollout, mask)
+    logs = [math.log(2), 0.0, math.log(4), math.log(1.5), math.log(3)]
+    assert_close(gap.mean_abs, torch.tensor(sum(logs) / 5), **TOL)
+    assert_close(gap.max_abs, torch.tensor(math.log(4)), **TOL)
+    assert_close(gap.ratio_mean, torch.tensor(2.0), **TOL)
+    same = logprob_gap(old, old, mask)
+    assert float(same.mean_abs) == float(same.max_abs) == 0.0 and float(same.ratio_mean) == 1.0
+
+
+def test_ppo_with_tis_weights_by_hand():
+    # logp = old: the PPO ratio is 1 everywhere (nothing clips), so each token's loss is
+    # -A * w: row 0: -0.5, -1, -2; row 1: 2 * 1.5 = 3, 2 * 2 = 4. Token mean
+    # (-3.5 + 7) / 5 = 0.7 (unweighted: (-3 + 4) / 5 = 0.2).
+    # Gradient -A * r * w / 5 = row 0: -0.1, -0.2, -0.4; row 1: 0.6, 0.8, pad 0.
+    old, rollout, mask = tis_inputs()
+    w = tis_weights(old, rollout, mask, cap=2.0)
+    logp = old.clone().requires_grad_(True)
+    out = ppo_clip_loss(logp, old, t(ADV), mask, clip_low=0.2, clip_high=0.28, token_weights=w)
+    assert_close(out.loss, torch.tensor(0.7), **TOL)
+    out.loss.backward()
+    assert_close(logp.grad, t([[-0.1, -0.2, -0.4], [0.6, 0.8, 0.0]]), **TOL)
+    plain = ppo_clip_loss(old, old, t(ADV), mask)
+    assert_close(plain.loss, torch.tensor(0.2), **TOL)
+    assert_close(out.ratio_mean, torch.tensor(1.0), **TOL)  # diagnostics are unweighted
+    # GSPO takes the same weights (its ratio is 1 here too): sequence mean of
+    # row 0 (-3.5 / 3) and row 1 (7 / 2) = (-1.166667 + 3.5) / 2 = 1.166667.
+    g = gspo_loss(old, old, t(ADV), mask, token_weights=w)
+    assert_close(g.loss, torch.tensor((-3.5 / 3 + 3.5) / 2), **TOL)
+    with pytest.raises(ValueError, match="token_weights"):
+        ppo_clip_loss(old, old, t(ADV), mask, token_weights=w[:, :2])

@@ -60,7 +60,8 @@ def test_carry_detection():
 
 
 @pytest.mark.slow
-def test_quickstart_runs_end_to_end(tmp_path):
+@pytest.mark.parametrize("engine", ["hf", "sglang"])
+def test_quickstart_runs_end_to_end(tmp_path, engine):
     tiny_sft = ["optim.steps=3", "optim.warmup_steps=1", "checkpoint.every_steps=0",
                 "logging.tensorboard=false", "logging.progress_bar=false"]
     tiny_grpo = ["optim.steps=2", "optim.warmup_steps=0", "rollout.prompts_per_step=2", "rollout.n=2",
@@ -68,12 +69,13 @@ def test_quickstart_runs_end_to_end(tmp_path):
                  "eval.num_samples=4", "eval.every_steps=0", "checkpoint.every_steps=0",
                  "logging.tensorboard=false", "logging.progress_bar=false"]
     done = subprocess.run(
-        [sys.executable, str(QUICKSTART / "run.py"), "--sft-set", *tiny_sft, "--grpo-set", *tiny_grpo],
+        [sys.executable, str(QUICKSTART / "run.py"), "--engine", engine,
+         "--sft-set", *tiny_sft, "--grpo-set", *tiny_grpo],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "held-out accuracy" in done.stdout and "after GRPO" in done.stdout
-    run = tmp_path / "runs" / "quickstart-grpo"
+    run = tmp_path / "runs" / ("quickstart-grpo" if engine == "hf" else "quickstart-grpo-sglang")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["eval_before"]["accuracy"] is not None
     assert (run / "curves.png").stat().st_size > 0

@@ -202,6 +202,47 @@ def test_close_aborts_the_rest(model, tok, prompts):
         engine.generate(prompts, SamplingParams())
 
 
+def test_per_prompt_seeds_sample_as_if_each_prompt_were_alone(model, tok, prompts):
+    """What lets the rollout server merge unrelated requests into one call."""
+    params = SamplingParams(n=3, temperature=0.8, top_k=30, max_new_tokens=8, seed=99)
+    seeds = [5, 6, 5]
+    merged = HFEngine(model, tok).generate(prompts, params, seeds=seeds)  # left padded
+    for prompt, seed, group in zip(prompts, seeds, merged, strict=True):
+        (alone,) = HFEngine(model, tok).generate([prompt], dataclasses.replace(params, seed=seed))
+        assert [c.token_ids for c in group] == [c.token_ids for c in alone]
+        for a, b in zip(group, alone, strict=True):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+    assert [c.prompt_index for c in merged[2]] == [2, 2, 2]
+    assert merged != HFEngine(model, tok).generate(prompts, params)  # seeds did replace 99
+    with pytest.raises(ValueError, match="seeds has 1 entries for 3 prompts"):
+        HFEngine(model, tok).generate(prompts, params, seeds=[1])
+
+
+def test_per_prompt_cancel_ends_only_that_prompts_rows(model, tok, prompts):
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=8, seed=3)
+    free = HFEngine(model, tok).generate(prompts, params)
+    assert all(c.finish_reason == "length" for g in free for c in g)  # no early EOS
+    before, during = threading.Event(), threading.Event()
+    forwards = []
+
+    def cancel_on_third_forward(*_):
+        forwards.append(1)
+        if len(forwards) == 3:  # prefill, then two decode steps
+            during.set()
+
+    hook = model.register_forward_pre_hook(cancel_on_third_forward)
+    try:
+        before.set()
+        groups = HFEngine(model, tok).generate(prompts, params, cancels=[before, during, None])
+    finally:
+        hook.remove()
+    assert [(c.finish_reason, c.token_ids) for c in groups[0]] == [("abort", [])] * 2
+    for c, f in zip(groups[1], free[1], strict=True):  # cut after its second token
+        assert c.finish_reason == "abort" and c.token_ids == f.token_ids[:2]
+    assert [c.token_ids for c in groups[2]] == [c.token_ids for c in free[2]]
+    assert all(c.finish_reason == "length" for c in groups[2])
+
+
 def test_update_weights_from_module_state_dict_and_path(model, tok, prompts, tmp_path):
     params = SamplingParams(temperature=0, max_new_tokens=8)
     policy = tiny.build_model("tiny", tokenizer=tok, seed=1)

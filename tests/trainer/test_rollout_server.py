@@ -3,10 +3,13 @@
 The server runs `tiny:tiny`, whose weights are a function of a fixed seed, so the test
 rebuilds the same model in process and checks the server's logprobs against the
 trainer's scoring pass (`sequence_logprobs`), before and after a weight update.
+Concurrent requests are sent with httpx's async client; the batching tests queue them
+behind a pause so that what gets merged does not depend on timing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -185,8 +188,9 @@ def test_pause_holds_new_requests_until_continue(http):
                 generate, http, input_ids=[5, 6], sampling_params={"max_new_tokens": 2}
             )
             time.sleep(0.5)
-            assert not pending.done(), "a paused server must not generate"
-            assert http.post("/flush_cache").status_code == 200  # nothing running
+            assert not pending.done(), f"a paused server must not generate: {pending.result()}"
+            flushed = http.post("/flush_cache")  # nothing running: the request only waits
+            assert flushed.status_code == 200, (flushed.text, http.get("/get_server_info").json())
         finally:
             assert http.post("/continue_generation").status_code == 200
         out = pending.result(timeout=60)
@@ -224,6 +228,136 @@ def test_abort_a_queued_and_a_running_request(http):
     assert out["meta_info"]["finish_reason"]["type"] == "abort"
     assert out["meta_info"]["completion_tokens"] < 1000
     assert http.post("/flush_cache").status_code == 200
+
+
+def batching(http) -> dict:
+    return http.get("/get_server_info").json()["internal_states"][0]
+
+
+async def post_all(address: str, bodies: list[dict]) -> list:
+    async with httpx.AsyncClient(base_url=f"http://{address}", timeout=120) as client:
+        responses = await asyncio.gather(*(client.post("/generate", json=b) for b in bodies))
+    for r in responses:
+        assert r.status_code == 200, r.text
+    return [r.json() for r in responses]
+
+
+def answered_together(server, http, bodies: list[dict]) -> tuple[list, int]:
+    """Queue `bodies` behind a pause, let them go at once: (answers, batches run)."""
+    assert http.post("/pause_generation", json={"mode": "in_place"}).status_code == 200
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            pending = pool.submit(asyncio.run, post_all(server.address, bodies))
+            deadline = time.monotonic() + 30
+            while batching(http)["calls_queued"] < len(bodies):
+                assert time.monotonic() < deadline and not pending.done()
+                time.sleep(0.02)
+            before = batching(http)
+        finally:
+            assert http.post("/continue_generation").status_code == 200
+        answers = pending.result(timeout=120)
+    after = batching(http)
+    assert after["calls_run"] - before["calls_run"] == len(bodies)
+    return answers, after["batches_run"] - before["batches_run"]
+
+
+def sampled(answer: dict) -> tuple[list[int], list[float]]:
+    return answer["output_ids"], [row[0] for row in answer["meta_info"]["output_token_logprobs"]]
+
+
+def assert_same_answers(got: list[dict], expected: list[dict]) -> None:
+    for a, b in zip(got, expected, strict=True):
+        assert a["meta_info"]["id"] == b["meta_info"]["id"]
+        assert a["meta_info"]["finish_reason"] == b["meta_info"]["finish_reason"]
+        (ids_a, lps_a), (ids_b, lps_b) = sampled(a), sampled(b)
+        assert ids_a == ids_b
+        assert lps_a == pytest.approx(lps_b, abs=1e-5)
+
+
+def one_sample(prompt: list[int], seed: int, rid: str, **sampling) -> dict:
+    """A request as the trainer's sglang engine sends it: one (prompt, sample), n=1."""
+    return {
+        "input_ids": prompt,
+        "sampling_params": {"n": 1, "max_new_tokens": 6, "sampling_seed": seed, **sampling},
+        "return_logprob": True,
+        "rid": rid,
+    }
+
+
+def test_concurrent_requests_are_merged_into_fewer_batches(server, http):
+    bodies = [one_sample([5 + i % 7] * (1 + i % 5), i, f"conc-{i}") for i in range(32)]
+    before = batching(http)
+    answers = asyncio.run(post_all(server.address, bodies))
+    after = batching(http)
+    assert [a["meta_info"]["id"] for a in answers] == [b["rid"] for b in bodies]
+    assert all(a["meta_info"]["finish_reason"]["type"] in ("stop", "length") for a in answers)
+    assert after["calls_run"] - before["calls_run"] == 32
+    assert after["batches_run"] - before["batches_run"] < 32, "requests were not merged"
+    assert after["largest_batch_rows"] > 1
+    assert after["max_batch_size"] == 64 and after["calls_queued"] == 0
+
+
+def test_a_request_answers_the_same_alone_and_batched(server, http):
+    # Prompts of different lengths, so the batched ones are left padded.
+    bodies = [
+        one_sample(list(range(5, 6 + i * 3)), seed, f"same-{i}", temperature=0.9)
+        for i, seed in enumerate([3, 3, 17, 40, 41, 2**40, 5, 9])
+    ]
+    alone = [generate(http, **b) for b in bodies]
+    together, batches = answered_together(server, http, bodies)
+    assert batches == 1
+    assert_same_answers(together, alone)
+    assert sampled(alone[0])[0] != sampled(alone[1])[0]  # same seed, other prompt
+
+
+def test_incompatible_sampling_params_are_not_merged(server, http):
+    kinds = [
+        {"temperature": 1.0},
+        {"temperature": 0.7, "top_p": 0.9, "top_k": 20},
+        {"temperature": 0, "max_new_tokens": 4, "stop_token_ids": [7]},
+        {"temperature": 1.0, "n": 2},  # n differs from the first kind's
+    ]
+    bodies = [
+        one_sample([5, 6, 7 + i], seed=i, rid=f"mix-{i}", **kinds[i % len(kinds)])
+        for i in range(12)
+    ]
+    together, batches = answered_together(server, http, bodies)
+    assert batches == len(kinds)
+    alone = [generate(http, **b) for b in bodies]
+    for a, b in zip(together, alone, strict=True):
+        if isinstance(b, list):  # n=2: one answer per sample
+            assert len(a) == len(b) == 2
+            assert_same_answers(a, b)
+        else:
+            assert_same_answers([a], [b])
+
+
+def test_abort_one_request_of_a_batch_leaves_the_others(server, http):
+    long = {"temperature": 0, "max_new_tokens": 1000}
+    bodies = [{"text": "1+2=", "rid": f"batch-{x}", "sampling_params": long} for x in "abc"]
+    assert http.post("/pause_generation", json={"mode": "in_place"}).status_code == 200
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            pending = pool.submit(asyncio.run, post_all(server.address, bodies))
+            while batching(http)["calls_queued"] < 3:
+                assert not pending.done()
+                time.sleep(0.02)
+            before = batching(http)["batches_run"]
+        finally:
+            http.post("/continue_generation")
+        deadline = time.monotonic() + 10
+        while http.post("/flush_cache").status_code != 400:  # busy while generating
+            assert time.monotonic() < deadline and not pending.done()
+            time.sleep(0.02)
+        assert http.post("/abort_request", json={"rid": "batch-b"}).status_code == 200
+        a, b, c = pending.result(timeout=120)
+    assert batching(http)["batches_run"] == before + 1
+    assert b["meta_info"]["finish_reason"]["type"] == "abort"
+    assert b["meta_info"]["completion_tokens"] < 1000
+    for other in (a, c):
+        assert other["meta_info"]["finish_reason"] == {"type": "length", "length": 1000}
+    assert a["output_ids"] == c["output_ids"]
+    assert b["output_ids"] == a["output_ids"][: len(b["output_ids"])]
 
 
 def test_openai_chat_and_completions(http, tok):

@@ -51,6 +51,7 @@ from referee.trainer.algorithms.masking import (
     masked_mean,
     masked_sum,
 )
+from referee.trainer.algorithms.mismatch import LogprobGap, logprob_gap, tis_weights
 from referee.trainer.algorithms.policy_loss import (
     AGGREGATIONS,
     POLICY_LOSSES,
@@ -72,6 +73,7 @@ __all__ = [
     "Aggregation",
     "GroupStats",
     "KLEstimator",
+    "LogprobGap",
     "PolicyLoss",
     "dr_grpo_advantages",
     "entropy_from_logits",
@@ -85,6 +87,7 @@ __all__ = [
     "kl_k3",
     "kl_penalized_rewards",
     "kl_penalized_token_rewards",
+    "logprob_gap",
     "loss_mask",
     "masked_mean",
     "masked_sum",
@@ -97,6 +100,7 @@ __all__ = [
     "rloo_advantages",
     "seq_mean_token_sum_norm",
     "sequence_mean",
+    "tis_weights",
     "token_advantages",
     "token_mean",
 ]

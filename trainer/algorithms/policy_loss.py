@@ -132,6 +132,7 @@ def ppo_clip_loss(
     clip_high: float = 0.2,
     clip_ratio_c: float | None = None,
     aggregation: Aggregation = token_mean,
+    token_weights: Tensor | None = None,
 ) -> PolicyLoss:
     """PPO's clipped surrogate with asymmetric bounds (DAPO clip-higher), per token.
 
@@ -153,6 +154,9 @@ def ppo_clip_loss(
     `aggregation` defaults to `token_mean` (DAPO); pass `sequence_mean` for GRPO as
     published or `functools.partial(seq_mean_token_sum_norm, max_len=...)` for Dr. GRPO.
 
+    `token_weights` `[N, T]` multiply each token's loss (detached), e.g. the truncated
+    importance weights of `mismatch.tis_weights`; None weighs every token 1.
+
     logp, old_logp, mask: `[N, T]`; advantages: `[N]` or `[N, T]`.
     """
     _check_clip(clip_low, clip_high)
@@ -172,6 +176,7 @@ def ppo_clip_loss(
         dual = (adv < 0) & (per_token > cap)  # [N, T]
         per_token = torch.where(dual, cap, per_token)
         cut = cut | dual
+    per_token = _weighted(per_token, token_weights, m)  # [N, T]
 
     return PolicyLoss(
         loss=aggregation(per_token, m),
@@ -187,6 +192,7 @@ def gspo_loss(
     clip_low: float = 3e-4,
     clip_high: float = 4e-4,
     aggregation: Aggregation = sequence_mean,
+    token_weights: Tensor | None = None,
 ) -> PolicyLoss:
     """GSPO: one importance ratio per sequence, clipped per sequence (GSPO-token form).
 
@@ -209,6 +215,7 @@ def gspo_loss(
     4e-4 above, is what the paper's experiments set in Eq. 5: s_i is a geometric mean, so it
     sits much closer to 1 than a token ratio, and PPO's 0.2 would almost never bind.
     `aggregation` defaults to `sequence_mean`, the 1/G sum_i 1/|y_i| sum_t above.
+    `token_weights` `[N, T]` multiply each token's loss (detached), as in `ppo_clip_loss`.
 
     logp, old_logp, mask: `[N, T]`; advantages: `[N]` or `[N, T]`.
     """
@@ -226,6 +233,7 @@ def gspo_loss(
     clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)  # [N, T]
     per_token = torch.maximum(unclipped, clipped)  # [N, T]
     cut = _clip_active(ratio, adv, clip_low, clip_high)  # [N, T] bool
+    per_token = _weighted(per_token, token_weights, m)  # [N, T]
 
     return PolicyLoss(
         loss=aggregation(per_token, m),
@@ -267,6 +275,17 @@ def _token_advantages(advantages: Tensor, mask: Tensor) -> Tensor:
             f"[N, T] = {tuple(mask.shape)}"
         )
     return torch.where(mask, adv, 0.0)  # [N, T]
+
+
+def _weighted(per_token: Tensor, weights: Tensor | None, mask: Tensor) -> Tensor:
+    """`per_token * weights` (detached fp32, 0 under the mask); unchanged when None."""
+    if weights is None:
+        return per_token
+    if weights.shape != mask.shape:
+        raise ValueError(
+            f"token_weights {tuple(weights.shape)} must be [N, T] = {tuple(mask.shape)}"
+        )
+    return per_token * torch.where(mask, weights.detach().float(), 0.0)  # [N, T]
 
 
 def _clip_active(ratio: Tensor, adv: Tensor, clip_low: float, clip_high: float) -> Tensor:

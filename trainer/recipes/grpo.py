@@ -4,8 +4,10 @@
 
 Every step samples `rollout.n` completions for each of `rollout.prompts_per_step` prompts
 with the in-process `hf` engine (which shares the policy's module: generation always uses
-the current weights). Each prompt's group goes to the reward services the moment it is
-complete, so scoring hides behind the groups still generating. Then advantages from
+the current weights) or the `sglang` engine (SGLang servers, or a `referee serve rollout`
+started for the run, brought to the new weights by a disk sync after every batch's
+optimiser steps: see rollouts.py). Each prompt's group goes to the reward services the
+moment it is complete, so scoring hides behind the groups still generating. Then advantages from
 (rewards, valid), and `algorithm.ppo_epochs` passes of `algorithm.mini_batches` optimiser
 steps, each accumulated over micro-batches through the training engine (DeepSpeed or
 plain torch). `algorithm.name` picks the estimator and the loss:
@@ -24,12 +26,19 @@ Where this departs from the papers (DeepSeekMath's GRPO, DAPO, Dr. GRPO, GSPO):
   policy, the estimator is k1/k2/k3 and it goes in the loss (token-averaged like the
   policy loss) or is subtracted from the reward before the advantages (summed over the
   response, computed from the old-policy logprobs).
-* Old logprobs: with one PPO epoch the engine's own sampling logprobs are pi_old (same
-  weights, same `log_softmax(logits / T)` in fp32, see rollout/base.py), so no extra
-  forward pass is spent. With several epochs they are recomputed by the training forward
-  pass under no_grad before the first update, so the first ratio is exactly 1 and the
-  clip measures policy movement, not kernel differences between the KV-cached decoding
-  and the full-sequence pass.
+* Old logprobs: with one PPO epoch and the `hf` engine the engine's own sampling
+  logprobs are pi_old (same module, same `log_softmax(logits / T)` in fp32, see
+  rollout/base.py), so no extra forward pass is spent. Otherwise (several epochs, the
+  `sglang` engine, whose logprobs are pi_rollout from another process's copy of the
+  weights, or TIS) they are recomputed by the training forward pass under no_grad before
+  the first update, so the first ratio is exactly 1 and the clip measures policy
+  movement, not kernel differences between the rollout engine and the trainer.
+* Train/rollout mismatch: whenever old logprobs are recomputed, the per-token gap to the
+  engine's is logged (`rollout/logprob_gap_mean`, `_max`, `rollout/importance_ratio_mean`;
+  ~1e-7 in fp32 with synced weights). `algorithm.tis_cap` weights each token's loss by
+  min(pi_old / pi_rollout, cap) (truncated importance sampling, algorithms/mismatch.py).
+  Each sample's `weight_version` is compared with the trainer's step when it was sampled
+  (`rollout/staleness_min`, `_max`: 0 when every server was in sync).
 * The loss is normalised over the global mini-batch: the token (or sequence) count of
   the whole mini-batch, divided by `engine.micro_batches_per_step`, is every
   micro-batch's denominator, so accumulation gives exactly the loss of one big batch.
@@ -40,9 +49,13 @@ Where this departs from the papers (DeepSeekMath's GRPO, DAPO, Dr. GRPO, GSPO):
   keeps their rewards in the group statistics.
 * Sampling is seeded per step (`step_seed`), so a resumed run regenerates exactly what
   the uninterrupted one did.
+* A rollout server that goes away is waited for (`rollout.sglang.retry_total_s`); past
+  that the run stops with `SGLangUnavailableError` naming the server, before anything
+  trains on the incomplete batch.
 
 Not supported yet (refused by `check_supported` with the key to change): more than one
-process (each rank would need its share of the prompts), and the sglang engine.
+process (each rank would need its share of the prompts), and the nccl and tensor weight
+syncs of the sglang engine.
 """
 
 from __future__ import annotations
@@ -66,19 +79,21 @@ from referee.trainer.algorithms import (
     gspo_loss,
     informative_groups,
     kl_penalized_rewards,
+    logprob_gap,
     loss_mask,
     masked_mean,
     overlong_mask,
     ppo_clip_loss,
+    tis_weights,
 )
 from referee.trainer.config import TrainConfig
 from referee.trainer.config_load import ConfigError
 from referee.trainer.data import PromptBatches
 from referee.trainer.logprobs import sequence_logprobs, sequence_logprobs_with_entropy
 from referee.trainer.observe import Stopwatch
-from referee.trainer.recipes import common
+from referee.trainer.recipes import common, rollouts
 from referee.trainer.rewards import ScoredBatch, ScoringTiming
-from referee.trainer.rollout.hf import HFEngine
+from referee.trainer.rollout.base import RolloutEngine
 
 __all__ = ["check_supported", "train"]
 
@@ -88,8 +103,7 @@ _ESTIMATOR = {"gspo": "grpo"}
 
 def check_supported(cfg: TrainConfig) -> None:
     """Refuses settings this recipe does not implement yet, naming the key."""
-    if cfg.rollout.engine != "hf":
-        raise ConfigError("rollout.engine", "sglang is not wired into the grpo recipe yet; use hf")
+    rollouts.check_sglang(cfg)
     if distributed.dist_info().world_size > 1:
         raise ConfigError(
             "deepspeed",
@@ -112,15 +126,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     prompts = PromptBatches(splits.train, cfg.rollout.prompts_per_step, seed=cfg.data.seed)
     optimizer_steps = cfg.optim.steps * algo.ppo_epochs * algo.mini_batches
     engine = common.build_engine(cfg, model, optimizer_steps)
-    rollout = HFEngine(engine.module, tokenizer, micro_batch_prompts=_gen_chunk(cfg))
-    pad_id = rollout.pad_token_id
+    pad_id = tokenizer.pad_token_id  # set (to EOS if need be) by load_model_and_tokenizer
 
     estimate_advantages = ADVANTAGE_ESTIMATORS[_ESTIMATOR.get(algo.name, algo.name)]
     policy_loss = gspo_loss if algo.name == "gspo" else ppo_clip_loss
     kl_estimator = KL_ESTIMATORS[algo.kl.estimator]
-    # The engine's sampling logprobs are pi_old when nothing updates between sampling
-    # and the last use of them by a ratio computed against a fresh pass (see docstring).
-    reuse_rollout_logprobs = algo.ppo_epochs == 1 and rollout.model is engine.module
+    # The engine's sampling logprobs are pi_old when the engine is the policy's own module
+    # and nothing updates between sampling and their last use (see docstring).
+    reuse_rollout_logprobs = (
+        cfg.rollout.engine == "hf" and algo.ppo_epochs == 1 and algo.tis_cap is None
+    )
     temperature = cfg.rollout.temperature  # == SamplingParams.logprob_temperature (> 0)
 
     def encode(rows: Any) -> list[list[int]]:
@@ -133,8 +148,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     with common.reward_scorer(cfg) as scorer:
         resumed = resume or cfg.checkpoint.resume
         start = common.maybe_resume(cfg, resume, engine, prompts)
-        rollout.weight_version = engine.global_step
-        with common.make_run_log(cfg, start if resumed else None) as run:
+        with (
+            rollouts.open_rollout(
+                cfg, engine, tokenizer, micro_batch_prompts=_gen_chunk(cfg)
+            ) as rollout,
+            common.make_run_log(cfg, start if resumed else None) as run,
+        ):
             if splits.dropped:
                 run.warn(f"{splits.dropped} prompts over data.max_prompt_tokens were dropped")
             if cfg.eval.enabled and not resumed:
@@ -143,6 +162,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
             for step in range(start + 1, cfg.optim.steps + 1):
                 t_step = time.perf_counter()
+                sampled_at = engine.global_step  # the weights the engine should hold
                 # 1. Rollout and reward: n completions per prompt, each group scored as it
                 #    completes (and DAPO's refill of uninformative groups when enabled).
                 with watch("rollout"):
@@ -159,7 +179,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                     keep &= overlong_mask(batch.truncated)
                 mask = loss_mask(batch.response_mask, keep)  # [N, T]
 
-                # 3. Old-policy and reference logprobs (no gradient).
+                # 3. Old-policy and reference logprobs (no gradient); the engine's own
+                #    logprobs are pi_rollout, compared with the trainer's pi_old.
                 with watch("logprobs"), torch.no_grad():
                     old_logp = batch.rollout_logprobs  # [N, T]
                     if not reuse_rollout_logprobs:
@@ -167,6 +188,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                     ref_logp = None
                     if reference is not None:
                         ref_logp = _score(reference, batch, mask, temperature, cfg)  # [N, T]
+                    tis = None  # [N, T] truncated importance weights
+                    if algo.tis_cap is not None:
+                        tis = tis_weights(old_logp, batch.rollout_logprobs, mask, algo.tis_cap)
+                mismatch_rows = _mismatch_metrics(
+                    batch,
+                    old_logp,
+                    sampled_at,
+                    measured=not reuse_rollout_logprobs,
+                    tis=tis,
+                    mask=mask,
+                )
                 kl_rows = {}
                 if ref_logp is not None:
                     kl_tok = kl_estimator(old_logp, ref_logp, mask)  # [N, T]
@@ -192,12 +224,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                         kl_estimator,
                         temperature,
                         step,
+                        tis,
                     )
-                rollout.update_weights(engine.module, version=engine.global_step)
+                # 6. The rollout engine takes the new weights (a disk sync for sglang).
+                with watch("sync"):
+                    rollout.update_weights(engine.module, version=engine.global_step)
 
                 metrics = {
                     **scored.metrics(),
                     **_rollout_metrics(scored, batch, keep, refill),
+                    **mismatch_rows,
                     **kl_rows,
                     **stats,
                     "lr": engine.lr,
@@ -225,7 +261,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
 def _collect(
     cfg: TrainConfig,
-    rollout: HFEngine,
+    rollout: RolloutEngine,
     scorer: Any,
     prompts: PromptBatches,
     encode: Callable[[Any], list[list[int]]],
@@ -328,6 +364,7 @@ def _update(
     kl_estimator: Callable[..., torch.Tensor],
     temperature: float,
     step: int,
+    tis: torch.Tensor | None = None,  # [N, T] truncated importance weights
 ) -> dict[str, float]:
     """ppo_epochs x mini_batches optimiser steps on one rollout batch; returns the means
     of the loss and its diagnostics, the entropy and the last pre-clip grad norm."""
@@ -359,6 +396,7 @@ def _update(
                     clip_low=algo.clip_low,
                     clip_high=algo.clip_high,
                     aggregation=agg,
+                    token_weights=None if tis is None else tis[micro, :width].to(engine.device),
                 )
                 loss = out.loss
                 entropy = agg(scored.entropy, m)
@@ -434,6 +472,35 @@ def _rollout_metrics(
         "samples/trained": float(keep.sum()),
         **refill,
     }
+
+
+def _mismatch_metrics(
+    batch: Any,
+    old_logp: torch.Tensor,  # [N, T] the trainer's pi_old
+    sampled_at: int,
+    *,
+    measured: bool,
+    tis: torch.Tensor | None,  # [N, T]
+    mask: torch.Tensor,  # [N, T] loss mask
+) -> dict[str, float]:
+    """Staleness of each sample's weights (trainer step at sampling - the version that
+    generated it) and, when `old_logp` comes from a fresh pass, the per-token gap
+    between it and the engine's logprobs over every response token."""
+    staleness = sampled_at - batch.weight_version  # [N]
+    rows = {
+        "rollout/weight_version_min": float(batch.weight_version.min()),
+        "rollout/weight_version_max": float(batch.weight_version.max()),
+        "rollout/staleness_min": float(staleness.min()),
+        "rollout/staleness_max": float(staleness.max()),
+    }
+    if measured:
+        gap = logprob_gap(old_logp, batch.rollout_logprobs, batch.response_mask)
+        rows["rollout/logprob_gap_mean"] = float(gap.mean_abs)
+        rows["rollout/logprob_gap_max"] = float(gap.max_abs)
+        rows["rollout/importance_ratio_mean"] = float(gap.ratio_mean)
+    if tis is not None:
+        rows["rollout/tis_weight_mean"] = float(masked_mean(tis, mask))
+    return rows
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -16,6 +16,10 @@ micro-batch finishes.
 Batching: prompts go `micro_batch_prompts` at a time, each repeated `n` times, left
 padded, with position ids counted over the real tokens (`position_ids_from_mask`, as
 the training pass does) and a KV cache; rows that finish are dropped from the batch.
+A row's tokens depend only on its prompt and its sampling stream, never on the other
+rows (up to float noise in the logits from padding and batch shape), so callers may
+merge unrelated prompts into one call: the rollout server does, giving each prompt its
+own seed (`seeds`) and its own cancel event (`cancels`).
 Not defended against: prompts longer than the model's context, and concurrent use of
 the same module by the trainer while `generate` runs (the caller serialises them).
 """
@@ -77,20 +81,30 @@ class HFEngine:
         on_group: GroupCallback | None = None,
         *,
         cancel: threading.Event | None = None,
+        seeds: Sequence[int] | None = None,
+        cancels: Sequence[threading.Event | None] | None = None,
     ) -> list[list[Completion]]:
         """See `RolloutEngine.generate`. Setting `cancel` ends this call early like
         `close` does (unfinished completions get finish_reason "abort"), but leaves the
-        engine usable: the rollout server aborts one request this way."""
+        engine usable.
+
+        For callers that merge unrelated requests into one call (the rollout server):
+        `seeds`, one per prompt, replaces `params.seed` for that prompt, whose rows then
+        sample exactly as `generate([prompt], replace(params, seed=seed))` would.
+        `cancels`, one per prompt (or None), ends only that prompt's rows when set."""
         if self._closed:
             raise RuntimeError("HFEngine is closed")
         for i, prompt in enumerate(prompts):
             if len(prompt) == 0:
                 raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
+        for name, given in (("seeds", seeds), ("cancels", cancels)):
+            if given is not None and len(given) != len(prompts):
+                raise ValueError(f"{name} has {len(given)} entries for {len(prompts)} prompts")
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("HFEngine.generate is already running; it runs one call at a time")
         self._cancel = cancel
         try:
-            return self._generate(prompts, params, on_group)
+            return self._generate(prompts, params, on_group, seeds, cancels)
         finally:
             self._cancel = None
             self._busy.release()
@@ -132,11 +146,20 @@ class HFEngine:
         prompts: Sequence[Sequence[int]],
         params: SamplingParams,
         on_group: GroupCallback | None,
+        seeds: Sequence[int] | None,
+        cancels: Sequence[threading.Event | None] | None,
     ) -> list[list[Completion]]:
-        if params.seed is not None:
-            base_seed = params.seed
-        else:  # follows torch.manual_seed
-            base_seed = int(torch.randint(0, 2**62, (1,)).item())
+        # Prompt i's rows draw from streams _mix(seed, index, j): (call seed, i), or
+        # (seeds[i], 0) as if the prompt were alone in a call with that seed.
+        if seeds is not None:
+            streams = [(int(s), 0) for s in seeds]
+        else:
+            if params.seed is not None:
+                base_seed = params.seed
+            else:  # follows torch.manual_seed
+                base_seed = int(torch.randint(0, 2**62, (1,)).item())
+            streams = [(base_seed, i) for i in range(len(prompts))]
+        row_cancels = list(cancels) if cancels is not None else [None] * len(prompts)
         stop_ids = self.eos_token_ids | set(params.stop_token_ids)
         results: list[list[Completion]] = [[] for _ in prompts]
         was_training = self.model.training
@@ -144,9 +167,12 @@ class HFEngine:
         try:
             for start in range(0, len(prompts), self.micro_batch_prompts):
                 indices = range(start, min(start + self.micro_batch_prompts, len(prompts)))
-                groups = self._generate_micro_batch(
-                    [(i, list(prompts[i])) for i in indices], params, base_seed, stop_ids
-                )
+                rows = [
+                    _Row(i, j, list(prompts[i]), _mix(*streams[i], j), row_cancels[i])
+                    for i in indices
+                    for j in range(params.n)
+                ]
+                groups = self._generate_micro_batch(rows, params, stop_ids)
                 for i, group in zip(indices, groups, strict=True):
                     results[i] = group
                     if on_group is not None:
@@ -157,51 +183,47 @@ class HFEngine:
 
     @torch.no_grad()
     def _generate_micro_batch(
-        self,
-        prompts: list[tuple[int, list[int]]],
-        params: SamplingParams,
-        base_seed: int,
-        stop_ids: set[int],
+        self, rows: list[_Row], params: SamplingParams, stop_ids: set[int]
     ) -> list[list[Completion]]:
         device = next(self.model.parameters()).device
-        rows = [_Row(i, j, ids) for i, ids in prompts for j in range(params.n)]
-        if self._stopping():
+        active = [k for k, r in enumerate(rows) if not r.cancelled()]  # rows in the batch
+        if self._stopping() or not active:
             return _finish_groups(rows, params.n, self.weight_version)
         generators = None
         if not params.greedy:
-            generators = [
-                torch.Generator(device=device).manual_seed(_mix(base_seed, r.prompt_index, r.j))
-                for r in rows
-            ]
+            generators = [torch.Generator(device=device).manual_seed(r.seed) for r in rows]
 
         # Prefill: left-padded prompts, positions over real tokens.
-        width = max(len(r.prompt_ids) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)  # [R, P]
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # [R, P]
-        for k, r in enumerate(rows):
-            input_ids[k, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-            attention_mask[k, width - len(r.prompt_ids) :] = 1
+        width = max(len(rows[k].prompt_ids) for k in active)
+        input_ids = torch.full((len(active), width), self.pad_token_id, dtype=torch.long)  # [A, P]
+        attention_mask = torch.zeros((len(active), width), dtype=torch.long)  # [A, P]
+        for b, k in enumerate(active):
+            ids = rows[k].prompt_ids
+            input_ids[b, width - len(ids) :] = torch.tensor(ids)
+            attention_mask[b, width - len(ids) :] = 1
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        positions = position_ids_from_mask(attention_mask)  # [R, P]
-        cache = DynamicCache(config=self.model.config)
+        positions = position_ids_from_mask(attention_mask)  # [A, P]
+        batch = _Batch(DynamicCache(config=self.model.config), attention_mask, positions[:, -1:])
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=positions,
-            past_key_values=cache,
+            past_key_values=batch.cache,
             use_cache=True,
             logits_to_keep=1,
         )
-        active = list(range(len(rows)))  # rows still generating, in batch order
-        last_position = positions[:, -1:]  # [R, 1]
+        logits = out.logits[:, -1, :].float()  # [A, V]
         max_stop_len = max((len(s) for s in params.stop), default=0)
 
         for _ in range(params.max_new_tokens):
             if self._stopping():
-                for k in active:
-                    rows[k].finish = "abort"
                 break
-            logits = out.logits[:, -1, :].float()  # [A, V]
+            live = [b for b, k in enumerate(active) if not rows[k].cancelled()]
+            if len(live) < len(active):  # some prompts were cancelled: drop their rows
+                if not live:
+                    break
+                logits = logits[torch.tensor(live, device=device)]
+                active = batch.select(active, live)
             tokens, logprobs = sample_tokens(
                 logits, params, None if generators is None else [generators[k] for k in active]
             )  # [A], [A]
@@ -221,22 +243,17 @@ class HFEngine:
             if not keep:
                 break
             if len(keep) < len(active):
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                attention_mask, last_position = attention_mask[index], last_position[index]
-                tokens = tokens[index]
-                active = [active[b] for b in keep]
-            attention_mask = torch.cat(
-                [attention_mask, attention_mask.new_ones((len(active), 1))], dim=1
-            )  # [A, P + steps]
-            last_position = last_position + 1  # [A, 1]
+                tokens = tokens[torch.tensor(keep, device=device)]
+                active = batch.select(active, keep)
+            batch.extend()
             out = self.model(
                 input_ids=tokens.unsqueeze(-1),
-                attention_mask=attention_mask,
-                position_ids=last_position,
-                past_key_values=cache,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.last_position,
+                past_key_values=batch.cache,
                 use_cache=True,
             )
+            logits = out.logits[:, -1, :].float()  # [A, V]
         for row in rows:
             if row.text is None:
                 row.text = self.tokenizer.decode(row.token_ids, skip_special_tokens=True)
@@ -302,6 +319,8 @@ class _Row:
         "prompt_index",
         "j",
         "prompt_ids",
+        "seed",
+        "cancel",
         "token_ids",
         "logprobs",
         "finish",
@@ -309,13 +328,51 @@ class _Row:
         "text",
     )
 
-    def __init__(self, prompt_index: int, j: int, prompt_ids: list[int]) -> None:
+    def __init__(
+        self,
+        prompt_index: int,
+        j: int,
+        prompt_ids: list[int],
+        seed: int,
+        cancel: threading.Event | None = None,
+    ) -> None:
         self.prompt_index, self.j, self.prompt_ids = prompt_index, j, prompt_ids
+        self.seed = seed  # of this row's sampling stream
+        self.cancel = cancel  # ends this row alone when set
         self.token_ids: list[int] = []
         self.logprobs: list[float] = []
-        self.finish: FinishReason = "abort"
+        self.finish: FinishReason = "abort"  # until it stops or reaches the length cap
         self.matched: str | int | None = None
         self.text: str | None = None
+
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
+
+
+class _Batch:
+    """The decoding state of the rows still in the batch, in batch order."""
+
+    def __init__(
+        self,
+        cache: DynamicCache,
+        attention_mask: torch.Tensor,  # [A, P + steps]
+        last_position: torch.Tensor,  # [A, 1]
+    ) -> None:
+        self.cache, self.attention_mask, self.last_position = cache, attention_mask, last_position
+
+    def select(self, active: list[int], keep: list[int]) -> list[int]:
+        """Keep batch positions `keep` (ascending); returns the row ids still active."""
+        index = torch.tensor(keep, device=self.attention_mask.device)
+        self.cache.batch_select_indices(index)
+        self.attention_mask = self.attention_mask[index]
+        self.last_position = self.last_position[index]
+        return [active[b] for b in keep]
+
+    def extend(self) -> None:
+        """One more position for the token about to be fed."""
+        mask = self.attention_mask
+        self.attention_mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        self.last_position = self.last_position + 1
 
 
 def _finish_groups(rows: list[_Row], n: int, weight_version: int) -> list[list[Completion]]:

@@ -14,12 +14,17 @@ top_k, max_new_tokens, stop, stop_token_ids, sampling_seed; `return_logprob`; `r
 `serve_openai.py`. Generation is `HFEngine`, so logprobs follow the trainer's
 convention (`base.py`: log_softmax(logits / T), fp32, full vocabulary).
 
-It is not a serving engine: one request generates at a time, in arrival order, on one
-worker thread (a request's prompts are batched together); there is no prefix cache
+It is not a serving engine, but it batches: requests queued at the same time whose
+sampling params match (all but the seed) run as one batch on one worker thread, up to
+`max_batch_size` rows (`serve_backend.py` has the rule), so the trainer's one request
+per (prompt, sample) does not generate one row at a time. A request's tokens and
+logprobs do not depend on what it was batched with. A batch runs to the end of its
+longest row before the next starts (no continuous batching); there is no prefix cache
 (`/flush_cache` only reports whether a generation is running, as SGLang's refuses to
 flush then), no streaming, no authentication and no limit on concurrent connections.
-Aborting one rid of a batch request ends the whole request (its rows come back with
-finish_reason abort). Bind it to loopback.
+`/get_server_info` reports the batching counters. Aborting one rid of a batch request
+ends the whole request (its rows come back with finish_reason abort), and no other
+request. Bind it to loopback.
 """
 
 from __future__ import annotations
@@ -175,7 +180,12 @@ def finish_reason(c: Completion, abort_message: str) -> dict[str, Any]:
 
 
 def generate_item(
-    c: Completion, rid: str, out: Generated, req: GenerateReqIn, backend: RolloutBackend
+    c: Completion,
+    rid: str,
+    weight_version: str,
+    out: Generated,
+    req: GenerateReqIn,
+    backend: RolloutBackend,
 ) -> dict[str, Any]:
     """One element of SGLang's /generate response: text, output_ids, meta_info."""
     meta: dict[str, Any] = {
@@ -184,7 +194,7 @@ def generate_item(
         "prompt_tokens": len(c.prompt_ids),
         "completion_tokens": len(c.token_ids),
         "cached_tokens": 0,
-        "weight_version": out.weight_version,
+        "weight_version": weight_version,
     }
     if req.return_logprob:
         decode = backend.tokenizer.decode
@@ -265,6 +275,17 @@ def create_app(backend: RolloutBackend) -> FastAPI:
             "weight_version": backend.weight_version,
         }
 
+    @app.get("/get_server_info")
+    async def get_server_info() -> dict[str, Any]:
+        """A few of SGLang's fields; the batching counters under `internal_states`."""
+        return {
+            "model_path": backend.model_path,
+            "context_length": backend.context_len,
+            "max_total_tokens": backend.max_total_tokens,
+            "weight_version": backend.weight_version,
+            "internal_states": [backend.server_info()],
+        }
+
     @app.get("/get_weight_version")
     async def get_weight_version() -> dict[str, Any]:
         return {"weight_version": backend.weight_version}
@@ -274,8 +295,8 @@ def create_app(backend: RolloutBackend) -> FastAPI:
         calls, rids, batch = plan_generate(req, backend)
         out = await backend.generate(calls, len(rids), rids)
         items = [
-            generate_item(c, rid if len(group) == 1 else f"{rid}_{j}", out, req, backend)
-            for rid, group in zip(rids, out.groups, strict=True)
+            generate_item(c, rid if len(group) == 1 else f"{rid}_{j}", version, out, req, backend)
+            for rid, group, version in zip(rids, out.groups, out.weight_versions, strict=True)
             for j, c in enumerate(group)
         ]
         return items if batch or len(items) > 1 else items[0]
@@ -328,10 +349,13 @@ def load_backend(
     dtype: str = "fp32",
     max_total_tokens: int | None = None,
     weight_version: str = DEFAULT_WEIGHT_VERSION,
+    max_batch_size: int = 64,
+    batch_wait_ms: float = 2.0,
 ) -> RolloutBackend:
     """A backend for `model`: a Hugging Face directory, or `tiny:tiny` / `tiny:small`
     (built from `referee.trainer.tiny` with its fixed seed, so a test can rebuild the
-    very same weights in process)."""
+    very same weights in process). `max_batch_size` rows (prompts times n) at most run
+    as one batch; `batch_wait_ms` is how long a request may wait for others to join."""
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     if model.startswith("tiny:"):
         preset = model.split(":", 1)[1]
@@ -354,9 +378,14 @@ def load_backend(
             tokenizer = AutoTokenizer.from_pretrained(path)
         net = tiny.load_model(path, dtype=torch_dtype)
     net.eval()
-    engine = HFEngine(net, tokenizer)
+    engine = HFEngine(net, tokenizer, micro_batch_prompts=max_batch_size)  # one forward per batch
     return RolloutBackend(
-        engine, model, max_total_tokens=max_total_tokens, weight_version=weight_version
+        engine,
+        model,
+        max_total_tokens=max_total_tokens,
+        weight_version=weight_version,
+        max_batch_size=max_batch_size,
+        batch_wait_ms=batch_wait_ms,
     )
 
 

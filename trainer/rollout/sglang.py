@@ -18,7 +18,7 @@ Several server URLs are used directly, each request going to the server with the
 fewest outstanding requests; one router URL is the same code path with one URL.
 Connection errors and 5xx answers are retried with jittered exponential backoff for up
 to `retry_total_s`; past that `generate` raises `SGLangUnavailableError` naming the
-server. It never returns a partial group: a prompt's group is complete (n
+server. A weight sync that cannot reach a server is retried whole for as long. It never returns a partial group: a prompt's group is complete (n
 completions) or the call raises.
 
 Not defended against: a server that answers 200 with wrong tokens, and a router that
@@ -40,6 +40,7 @@ import torch
 
 from .base import Completion, FinishReason, GroupCallback, SamplingParams, WeightSource
 from .hf import _mix
+from .weight_sync import WeightSyncError
 
 SGLANG_REFERENCE = "sgl-project/sglang io_struct.py @ 001067f (after v0.5.3rc2)"
 
@@ -183,6 +184,16 @@ def wait_healthy(url: str, timeout_s: float, poll_s: float = 0.2) -> None:
             time.sleep(poll_s)
 
 
+def _caused_by_transport(exc: BaseException) -> bool:
+    """Whether a connection error (server down or restarting) is in `exc`'s cause chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, httpx.TransportError):
+            return True
+        seen = seen.__cause__
+    return False
+
+
 # -- load spreading ----------------------------------------------------------------------
 
 
@@ -281,10 +292,32 @@ class SGLangEngine:
             raise RuntimeError("update_weights called while generate is running")
         try:
             version = self.weight_version + 1 if version is None else version
-            self.weight_sync.sync(self.pool.urls, source, version)
+            self._sync_with_retry(source, version)
             self.weight_version = version
         finally:
             self._busy.release()
+
+    def _sync_with_retry(self, source: WeightSource, version: int) -> None:
+        """The whole sync again (pause -> update -> flush -> continue, each idempotent)
+        while a server is unreachable, with backoff, for `retry_total_s`. A server that
+        answers with a failure is not retried."""
+        assert self.weight_sync is not None
+        started, attempt = time.monotonic(), 0
+        while True:
+            try:
+                self.weight_sync.sync(self.pool.urls, source, version)
+                return
+            except WeightSyncError as exc:
+                if not _caused_by_transport(exc):
+                    raise
+                elapsed = time.monotonic() - started
+                if elapsed >= self.retry_total_s:
+                    raise SGLangUnavailableError(
+                        f"weight sync to version {version} failed for {elapsed:.1f}s, past "
+                        f"rollout.sglang.retry_total_s={self.retry_total_s:g} ({exc})"
+                    ) from exc
+            time.sleep(max(0.0, min(backoff_delay(attempt), self.retry_total_s - elapsed)))
+            attempt += 1
 
     def close(self) -> None:
         """Abort this engine's in-flight requests on their servers (the running
@@ -382,7 +415,7 @@ class SGLangEngine:
             if elapsed >= self.retry_total_s:
                 raise SGLangUnavailableError(
                     f"SGLang server {url} failed {GENERATE} for {elapsed:.1f}s, past "
-                    f"retry_total_s={self.retry_total_s:g} (last: {problem}); "
+                    f"rollout.sglang.retry_total_s={self.retry_total_s:g} (last: {problem}); "
                     "no partial batch was returned"
                 )
             delay = min(backoff_delay(attempt), self.retry_total_s - elapsed)

@@ -195,15 +195,18 @@ class DiskSync:
         timeout_s: float = 600.0,
         pause_mode: str = "retract",
         flush_timeout_s: float = 60.0,
+        current: str | os.PathLike | None = None,
     ) -> None:
         """`directory` must be readable by every server at the same path; each version
-        goes to `directory/v{version}` and the previous one is removed after a sync."""
+        goes to `directory/v{version}` and the previous one is removed after a sync.
+        `current`: a version directory under `directory` the servers already hold (e.g.
+        the one a local server was started from), removed after the first sync."""
         self.directory = Path(directory)
         self.save = save
         self.timeout_s = timeout_s
         self.pause_mode = pause_mode
         self.flush_timeout_s = flush_timeout_s
-        self._previous: Path | None = None
+        self._previous: Path | None = Path(current) if current is not None else None
 
     def sync(self, urls: Sequence[str], source: WeightSource, version: int) -> None:
         if isinstance(source, (str, os.PathLike)):
