@@ -1,6 +1,8 @@
 """The `referee` command line.
 
     referee serve verifiers [--port 0] [--workers N] [--load pkg.mod:name ...]
+    referee serve gateway --config FILE [--port 50050]
+    referee serve judge --endpoint URL --model NAME [--port 50053]
     referee score --target HOST:PORT --reward NAME [--input FILE|-] [--params JSON]
     referee list --target HOST:PORT
     referee health --target HOST:PORT
@@ -72,6 +74,40 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--sandbox", default=None, metavar="HOST:PORT",
                    help="sandbox service for the `code` reward (or set REFEREE_SANDBOX); comma-separate replicas")
     v.set_defaults(run=_run_serve_verifiers)
+
+    gw = serve_sub.add_parser(
+        "gateway",
+        help="one reward address that routes to and composes rewards of other services",
+        description="Serve the rewards a YAML config names: routes to upstream reward services "
+        "and composite rewards (weighted sums with gates) scored on several upstreams at once. "
+        "Health turns NOT_SERVING while a required upstream is down. See examples/configs/gateway.yaml.",
+    )
+    gw.add_argument("--config", type=Path, required=True, help="gateway YAML config")
+    _server_args(gw, default_port=50050)
+    gw.set_defaults(run=_run_serve_gateway)
+
+    jd = serve_sub.add_parser(
+        "judge",
+        help="LLM-as-judge over an OpenAI-compatible chat endpoint (the `judge` reward)",
+        description="Serve the `judge` reward: pointwise rubric scores, pairwise comparison with "
+        "the reference (both orders) or reference matching, asked of a model behind any "
+        "OpenAI-compatible /v1/chat/completions endpoint. Unparseable or refused verdicts are ERROR.",
+    )
+    jd.add_argument("--endpoint", required=True, help="base URL of the judge API, e.g. http://127.0.0.1:30000/v1")
+    jd.add_argument("--model", required=True, help="model name sent to the endpoint")
+    jd.add_argument("--api-key-env", default="REFEREE_JUDGE_API_KEY", metavar="VAR",
+                    help="environment variable holding the endpoint's API key (default REFEREE_JUDGE_API_KEY)")
+    jd.add_argument("--judge-concurrency", type=int, default=16,
+                    help="requests in flight to the endpoint at once (default 16; --max-concurrency "
+                    "limits gRPC calls)")
+    jd.add_argument("--timeout", type=float, default=60.0,
+                    help="seconds per judge request; past it the sample is TIMEOUT (default 60)")
+    jd.add_argument("--retries", type=int, default=3, help="retries on 429/5xx/connection errors (default 3)")
+    jd.add_argument("--backoff", type=float, default=0.5, help="first retry's backoff in seconds (default 0.5)")
+    jd.add_argument("--cache-size", type=int, default=10_000, help="judge replies and results cached; 0 disables")
+    jd.add_argument("--max-batch", type=int, default=16384, help="most samples per request")
+    _server_args(jd, default_port=50053)
+    jd.set_defaults(run=_run_serve_judge)
 
     sb = serve_sub.add_parser(
         "sandbox",
@@ -214,6 +250,7 @@ def _run_train(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as e:
         return _config_error(e)
     from referee.trainer.recipes import train
+    from referee.trainer.recipes.off_policy import StaleRolloutError
     from referee.trainer.rollout.sglang import SGLangUnavailableError
     from referee.trainer.rollout.weight_sync import WeightSyncError
 
@@ -221,7 +258,8 @@ def _run_train(args: argparse.Namespace) -> int:
         summary = train(cfg, resume=args.resume)
     except ConfigError as e:  # start-up checks: missing model, unreachable reward target
         return _config_error(e)
-    except (SGLangUnavailableError, WeightSyncError) as e:  # rollout servers gone mid-run
+    # rollout servers gone mid-run, or holding weights older than the bound
+    except (SGLangUnavailableError, WeightSyncError, StaleRolloutError) as e:
         print(f"error: the run stopped: {e}", file=sys.stderr)
         return 1
     if summary:
@@ -343,6 +381,48 @@ def _run_serve_verifiers(args: argparse.Namespace) -> int:
         return 2
     print(f"serving rewards: {', '.join(sorted(service.rewards))}", flush=True)
     asyncio.run(serve(cfg, [service], "verifiers"))
+    return 0
+
+
+def _run_serve_gateway(args: argparse.Namespace) -> int:
+    import logging
+
+    from referee.rewardsvc.gateway import serve_gateway
+    from referee.rewardsvc.gateway_config import load_gateway_config
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = _server_config(args)
+        gateway = load_gateway_config(args.config)  # GatewayConfigError is a ValueError
+    except ValueError as e:
+        print(f"referee serve gateway: {e}", file=sys.stderr)
+        return 2
+    print(f"serving rewards: {', '.join(sorted(gateway.rewards))}", flush=True)
+    asyncio.run(serve_gateway(cfg, gateway))
+    return 0
+
+
+def _run_serve_judge(args: argparse.Namespace) -> int:
+    import logging
+
+    from referee.rewardsvc.judge import JudgeConfig
+    from referee.rewardsvc.judge_service import JudgeService
+    from referee.rewardsvc.server import serve
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = _server_config(args)
+        judge_cfg = JudgeConfig(
+            endpoint=args.endpoint, model=args.model, api_key_env=args.api_key_env or None,
+            max_concurrency=args.judge_concurrency, timeout_s=args.timeout, retries=args.retries,
+            backoff_s=args.backoff, max_backoff_s=max(8.0, args.backoff), cache_size=args.cache_size,
+        )
+        service = JudgeService(judge_cfg, max_batch_samples=args.max_batch)
+    except ValueError as e:
+        print(f"referee serve judge: {e}", file=sys.stderr)
+        return 2
+    print(f"judge: {args.model} at {args.endpoint}", flush=True)
+    asyncio.run(serve(cfg, [service], "judge"))
     return 0
 
 

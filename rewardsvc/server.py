@@ -64,10 +64,16 @@ class ServerHandle:
         return f"{host}:{self.port}"
 
     async def start(self) -> None:
+        """Starts serving and reports SERVING; then calls each service's optional
+        ``async on_start(health)`` hook (the gateway uses it to report its upstreams)."""
         await self.server.start()
         for s in self.services:
             await self.health.set(s.full_name, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        for s in self.services:
+            on_start = getattr(s, "on_start", None)
+            if on_start is not None:
+                await on_start(self.health)
 
     async def stop(self, grace: float | None) -> None:
         """Refuses new calls, waits up to `grace` for in-flight ones, then frees everything."""

@@ -40,3 +40,15 @@ def test_trainer_bench() -> None:
     assert out["overlap"]["sequential"]["reward_s"] > 0  # the cache must not answer the baseline
     assert out["overlap"]["hidden_fraction"] is not None
     assert out["step_breakdown"]["steps_measured"] >= 1 and out["step_breakdown"]["generate_s"] > 0
+
+
+@pytest.mark.timeout(420)
+def test_rollout_bench() -> None:
+    out = run_bench("rollout.py")
+    assert out["bench"] == "rollout"
+    assert set(out["modes"]) == {"hf", "sglang", "sglang_off"}
+    for mode in out["modes"].values():
+        assert mode["steps_measured"] >= 1 and mode["step_s"] > 0 and mode["generate_s"] > 0
+    assert out["modes"]["sglang"]["sync_s"] > 0 and out["modes"]["sglang"]["staleness_max"] == 0
+    assert out["modes"]["sglang_off"]["staleness_max"] > 0  # it really ran off-policy
+    assert out["speedup_off_policy_vs_sync"] is not None

@@ -7,7 +7,10 @@ with the in-process `hf` engine (which shares the policy's module: generation al
 the current weights) or the `sglang` engine (SGLang servers, or a `referee serve rollout`
 started for the run, brought to the new weights by a disk sync after every batch's
 optimiser steps: see rollouts.py). Each prompt's group goes to the reward services the
-moment it is complete, so scoring hides behind the groups still generating. Then advantages from
+moment it is complete, so scoring hides behind the groups still generating. With
+`rollout.off_policy_steps: 1` (sglang only) the next batch is generated and scored in the
+background while this one trains, and is complete before the sync (off_policy.py; verl's
+one-step off-policy). Then advantages from
 (rewards, valid), and `algorithm.ppo_epochs` passes of `algorithm.mini_batches` optimiser
 steps, each accumulated over micro-batches through the training engine (DeepSpeed or
 plain torch). `algorithm.name` picks the estimator and the loss:
@@ -32,13 +35,18 @@ Where this departs from the papers (DeepSeekMath's GRPO, DAPO, Dr. GRPO, GSPO):
   `sglang` engine, whose logprobs are pi_rollout from another process's copy of the
   weights, or TIS) they are recomputed by the training forward pass under no_grad before
   the first update, so the first ratio is exactly 1 and the clip measures policy
-  movement, not kernel differences between the rollout engine and the trainer.
+  movement, not kernel differences between the rollout engine and the trainer. This
+  holds off-policy too, as in verl and slime: pi_old is the trainer's current weights,
+  one rollout step newer than the behaviour policy that sampled the batch; the engine's
+  pi_rollout enters only through TIS, which is what corrects for that lag.
 * Train/rollout mismatch: whenever old logprobs are recomputed, the per-token gap to the
   engine's is logged (`rollout/logprob_gap_mean`, `_max`, `rollout/importance_ratio_mean`;
   ~1e-7 in fp32 with synced weights). `algorithm.tis_cap` weights each token's loss by
   min(pi_old / pi_rollout, cap) (truncated importance sampling, algorithms/mismatch.py).
-  Each sample's `weight_version` is compared with the trainer's step when it was sampled
-  (`rollout/staleness_min`, `_max`: 0 when every server was in sync).
+  Each sample's `weight_version` is compared with the trainer's step when it trains
+  (`rollout/staleness_min`, `_max`: 0 when synchronous with every server in sync; one
+  rollout step, ppo_epochs x mini_batches, off-policy). A batch holding a sample more
+  than `rollout.max_staleness` steps behind stops the run before it trains.
 * The loss is normalised over the global mini-batch: the token (or sequence) count of
   the whole mini-batch, divided by `engine.micro_batches_per_step`, is every
   micro-batch's denominator, so accumulation gives exactly the loss of one big batch.
@@ -48,7 +56,8 @@ Where this departs from the papers (DeepSeekMath's GRPO, DAPO, Dr. GRPO, GSPO):
   stay out of the loss. Overlong filtering drops truncated samples from the loss but
   keeps their rewards in the group statistics.
 * Sampling is seeded per step (`step_seed`), so a resumed run regenerates exactly what
-  the uninterrupted one did.
+  the uninterrupted one did (off-policy: the batch in flight at the checkpoint is
+  regenerated from the same prompts and seed, by the checkpoint's newer weights).
 * A rollout server that goes away is waited for (`rollout.sglang.retry_total_s`); past
   that the run stops with `SGLangUnavailableError` naming the server, before anything
   trains on the incomplete batch.
@@ -91,7 +100,7 @@ from referee.trainer.config_load import ConfigError
 from referee.trainer.data import PromptBatches
 from referee.trainer.logprobs import sequence_logprobs, sequence_logprobs_with_entropy
 from referee.trainer.observe import Stopwatch
-from referee.trainer.recipes import common, rollouts
+from referee.trainer.recipes import common, off_policy, rollouts
 from referee.trainer.rewards import ScoredBatch, ScoringTiming
 from referee.trainer.rollout.base import RolloutEngine
 
@@ -153,6 +162,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                 cfg, engine, tokenizer, micro_batch_prompts=_gen_chunk(cfg)
             ) as rollout,
             common.make_run_log(cfg, start if resumed else None) as run,
+            # Batch `step` is collected at the start of its step, or (one-step off-policy)
+            # in the background while step - 1 trains: see off_policy.py.
+            off_policy.CollectAhead(
+                lambda s: _collect(cfg, rollout, scorer, prompts, encode, s),
+                prompts,
+                ahead=cfg.rollout.off_policy_steps > 0,
+                last_step=cfg.optim.steps,
+                cancel=rollout.close,
+            ) as batches,
         ):
             if splits.dropped:
                 run.warn(f"{splits.dropped} prompts over data.max_prompt_tokens were dropped")
@@ -162,13 +180,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
             for step in range(start + 1, cfg.optim.steps + 1):
                 t_step = time.perf_counter()
-                sampled_at = engine.global_step  # the weights the engine should hold
                 # 1. Rollout and reward: n completions per prompt, each group scored as it
                 #    completes (and DAPO's refill of uninformative groups when enabled).
                 with watch("rollout"):
-                    scored, refill = _collect(cfg, rollout, scorer, prompts, encode, step)
+                    scored, refill = batches.take(step)
                 batch = scored.rollout.to_tensors(pad_id)  # input_ids etc. [N, T]
                 rewards, valid = scored.rewards, scored.valid  # [N], NaN where not valid
+                trained_at = engine.global_step  # the weights this batch trains from
+                off_policy.check_staleness(
+                    batch.weight_version, trained_at, cfg.rollout.max_staleness
+                )
 
                 # 2. Which samples train: a valid reward, (DAPO) an informative group,
                 #    (DAPO) not cut at max_new_tokens. Statistics still see every valid one.
@@ -194,7 +215,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                 mismatch_rows = _mismatch_metrics(
                     batch,
                     old_logp,
-                    sampled_at,
+                    trained_at,
                     measured=not reuse_rollout_logprobs,
                     tis=tis,
                     mask=mask,
@@ -226,7 +247,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                         step,
                         tis,
                     )
-                # 6. The rollout engine takes the new weights (a disk sync for sglang).
+                # 6. The rollout engine takes the new weights (a disk sync for sglang),
+                #    once the batch generated meanwhile (off-policy) is complete.
+                with watch("rollout"):
+                    batches.wait()
                 with watch("sync"):
                     rollout.update_weights(engine.module, version=engine.global_step)
 
@@ -247,7 +271,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                         metrics.update(evaluate(step))
                 run.log(step, metrics)
                 if common.due(step, cfg.checkpoint.every_steps, last_saved):
-                    common.save_checkpoint(cfg, engine, step, prompts)
+                    common.save_checkpoint(cfg, engine, step, batches.position)
                     last_saved = step
 
             if last_saved != cfg.optim.steps and start < cfg.optim.steps:
@@ -477,16 +501,16 @@ def _rollout_metrics(
 def _mismatch_metrics(
     batch: Any,
     old_logp: torch.Tensor,  # [N, T] the trainer's pi_old
-    sampled_at: int,
+    trained_at: int,
     *,
     measured: bool,
     tis: torch.Tensor | None,  # [N, T]
     mask: torch.Tensor,  # [N, T] loss mask
 ) -> dict[str, float]:
-    """Staleness of each sample's weights (trainer step at sampling - the version that
-    generated it) and, when `old_logp` comes from a fresh pass, the per-token gap
-    between it and the engine's logprobs over every response token."""
-    staleness = sampled_at - batch.weight_version  # [N]
+    """Staleness of each sample's weights (the trainer's step when the batch trains -
+    the version that generated it) and, when `old_logp` comes from a fresh pass, the
+    per-token gap between it and the engine's logprobs over every response token."""
+    staleness = trained_at - batch.weight_version  # [N]
     rows = {
         "rollout/weight_version_min": float(batch.weight_version.min()),
         "rollout/weight_version_max": float(batch.weight_version.max()),

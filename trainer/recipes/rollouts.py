@@ -14,8 +14,9 @@ servers get the trainer's weights too: a local server is started from an export 
 remote servers are synced (they may hold anything, e.g. a previous run's weights).
 
 Not handled here: a server that is restarted from other weights mid-run keeps them until
-the next sync (its samples carry its own `weight_version`, which the recipe logs as
-staleness); nccl and tensor syncs, which need the servers' GPUs (refused by the recipe).
+the next sync (its samples carry its own `weight_version`, which the recipe checks
+against `rollout.max_staleness`); nccl and tensor syncs, which need the servers' GPUs
+(refused by the recipe).
 """
 
 from __future__ import annotations
