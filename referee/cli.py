@@ -3,6 +3,7 @@
     referee serve verifiers [--port 0] [--workers N] [--load pkg.mod:name ...]
     referee serve gateway --config FILE [--port 50050]
     referee serve judge --endpoint URL --model NAME [--port 50053]
+    referee serve reward-model --model DIR [--port 50061] [--max-batch-size 32]
     referee score --target HOST:PORT --reward NAME [--input FILE|-] [--params JSON]
     referee list --target HOST:PORT
     referee health --target HOST:PORT
@@ -109,6 +110,40 @@ def build_parser() -> argparse.ArgumentParser:
     _server_args(jd, default_port=50053)
     jd.set_defaults(run=_run_serve_judge)
 
+    rm = serve_sub.add_parser(
+        "reward-model",
+        help="a transformers sequence-classification reward model (dynamic batching)",
+        description="Serve a Hugging Face sequence-classification model with one output as a "
+        "reward: each (prompt, completion) is rendered with the tokenizer's chat template (or as a "
+        "text pair) and its logit is the score. Samples of concurrent requests are batched into "
+        "one forward; scores do not depend on the batch or the padding side.",
+    )
+    rm.add_argument("--model", type=Path, required=True, help="model directory (config, weights, tokenizer)")
+    rm.add_argument("--name", default="reward_model", help="reward name to serve (default reward_model)")
+    rm.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ... (default cpu)")
+    rm.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights dtype (default fp32)")
+    rm.add_argument("--max-batch-size", type=int, default=32,
+                    help="most samples in one forward; 1 runs one forward per sample (default 32)")
+    rm.add_argument("--max-wait-ms", type=float, default=5.0,
+                    help="how long the oldest queued sample waits for others to join its forward (default 5)")
+    rm.add_argument("--max-batch-tokens", type=int, default=16384,
+                    help="most padded tokens in one forward (default 16384)")
+    rm.add_argument("--max-length", type=int, default=None,
+                    help="most tokens per sample (default: the tokenizer's model_max_length, capped by the model)")
+    rm.add_argument("--truncation", default="left", choices=["left", "right", "error"],
+                    help="longer samples: drop their start, their end, or answer INVALID_INPUT (default left)")
+    rm.add_argument("--normalize", default="none", choices=["none", "fixed", "running"],
+                    help="none; fixed: (logit - offset) / scale; running: by the running mean/std of "
+                    "all scores so far (order-dependent) (default none)")
+    rm.add_argument("--norm-offset", type=float, default=0.0, help="offset for --normalize fixed")
+    rm.add_argument("--norm-scale", type=float, default=1.0, help="scale for --normalize fixed")
+    rm.add_argument("--timeout", type=float, default=60.0,
+                    help="per-sample limit on queueing plus forward; past it TIMEOUT (default 60)")
+    rm.add_argument("--max-batch", type=int, default=16384, help="most samples per request")
+    rm.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    _server_args(rm, default_port=50061)
+    rm.set_defaults(run=_run_serve_reward_model)
+
     sb = serve_sub.add_parser(
         "sandbox",
         help="run untrusted code in isolation (referee.v1.SandboxService)",
@@ -197,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser(
         "train",
-        help="train a model with a recipe config (grpo, sft)",
+        help="train a model with a recipe config (grpo, sft, rm, dpo)",
         description="Run the training recipe a YAML config names. Rewards come from the services "
         "its reward.sources name (target: local starts them for the run). Prints the run directory.",
     )
@@ -423,6 +458,37 @@ def _run_serve_judge(args: argparse.Namespace) -> int:
         return 2
     print(f"judge: {args.model} at {args.endpoint}", flush=True)
     asyncio.run(serve(cfg, [service], "judge"))
+    return 0
+
+
+def _run_serve_reward_model(args: argparse.Namespace) -> int:
+    import logging
+
+    import torch
+
+    from referee.rewardsvc.reward_model import RewardModelConfig, RewardModelService
+    from referee.rewardsvc.server import serve
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg = _server_config(args)
+        rm_cfg = RewardModelConfig(
+            model=args.model, name=args.name, device=args.device, dtype=args.dtype,
+            max_length=args.max_length, truncation=args.truncation, max_batch_size=args.max_batch_size,
+            max_wait_ms=args.max_wait_ms, max_batch_tokens=args.max_batch_tokens, normalize=args.normalize,
+            norm_offset=args.norm_offset, norm_scale=args.norm_scale, timeout_s=args.timeout,
+            max_batch_samples=args.max_batch,
+        )
+        service = RewardModelService(rm_cfg)
+    except (ValueError, OSError) as e:
+        print(f"referee serve reward-model: {e}", file=sys.stderr)
+        return 2
+    print(f"reward model: {args.model} as {args.name} ({type(service.rm.model).__name__}, "
+          f"{service.rm.pooling} pooling, max_length {service.max_length}, {args.dtype} on {args.device})",
+          flush=True)
+    asyncio.run(serve(cfg, [service], "reward-model"))
     return 0
 
 

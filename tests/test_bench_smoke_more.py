@@ -1,4 +1,4 @@
-"""The sandbox and trainer benchmarks run end to end (smoke runs) and print one JSON
+"""The sandbox, trainer, rollout and reward-model benchmarks run end to end (smoke runs) and print one JSON
 object with their figures. Targets are the benchmarks' business, not the tests'."""
 
 from __future__ import annotations
@@ -52,3 +52,13 @@ def test_rollout_bench() -> None:
     assert out["modes"]["sglang"]["sync_s"] > 0 and out["modes"]["sglang"]["staleness_max"] == 0
     assert out["modes"]["sglang_off"]["staleness_max"] > 0  # it really ran off-policy
     assert out["speedup_off_policy_vs_sync"] is not None
+
+
+@pytest.mark.timeout(420)
+def test_reward_model_bench() -> None:
+    out = run_bench("reward_model.py")
+    assert out["bench"] == "reward_model" and out["target"] == ">= 3x"
+    assert out["checks"]["all_ok"] and out["checks"]["scores_match"]
+    assert out["batched"]["samples_per_s"] > 0 and out["one_forward_per_request"]["samples_per_s"] > 0
+    assert out["batched"]["mean_forward_size"] > 1  # it really batched
+    assert out["ratio_batched_vs_single"] > 0

@@ -277,7 +277,8 @@ def export_hf(
     `engine.state_dict_for_export()`, loaded strictly into a fresh copy of the base model
     (so a missing or extra weight fails here, not when someone loads the export), and
     saved with `save_pretrained` as safetensors next to `tokenizer`. The result loads with
-    `AutoModelForCausalLM.from_pretrained(out_dir)`. Written to a temporary directory and
+    `AutoModelForCausalLM.from_pretrained(out_dir)` (a reward model's with
+    `AutoModelForSequenceClassification`). Written to a temporary directory and
     renamed; an existing `out_dir` is replaced. Returns the path on rank 0, None elsewhere.
     """
     state = engine.state_dict_for_export()
@@ -293,7 +294,8 @@ def export_hf(
         fresh = type(base)(config)
     fresh.load_state_dict(state, strict=True, assign=True)
     fresh.tie_weights()
-    fresh.generation_config = base.generation_config
+    if getattr(base, "generation_config", None) is not None:  # a reward model has none
+        fresh.generation_config = base.generation_config
     dtype = next(iter(state.values())).dtype
     fresh.config.dtype = dtype
     tmp = out.with_name(f".tmp-{out.name}")

@@ -51,6 +51,7 @@ __all__ = [
     "LoraConfig",
     "ModelConfig",
     "OptimConfig",
+    "PreferenceConfig",
     "RewardConfig",
     "RewardSourceConfig",
     "RolloutConfig",
@@ -237,6 +238,12 @@ class DataConfig:
     completion_field: str | None = None
     """Column with the target completion; the sft recipe needs it."""
 
+    chosen_field: str = "chosen"
+    """Column with the preferred completion of a pair (rm and dpo recipes)."""
+
+    rejected_field: str = "rejected"
+    """Column with the dispreferred completion of a pair (rm and dpo recipes)."""
+
     def __post_init__(self) -> None:
         for key in ("train_path", "eval_path"):
             path = getattr(self, key)
@@ -252,7 +259,14 @@ class DataConfig:
             )
         if self.max_prompt_tokens < 0:
             raise ConfigError("max_prompt_tokens", f"must be >= 0, got {self.max_prompt_tokens}")
-        for key in ("id_field", "prompt_field", "reference_field", "metadata_field"):
+        for key in (
+            "id_field",
+            "prompt_field",
+            "reference_field",
+            "metadata_field",
+            "chosen_field",
+            "rejected_field",
+        ):
             if not getattr(self, key):
                 raise ConfigError(key, "is empty; name the column")
 
@@ -281,6 +295,23 @@ class SglangConfig:
     bucket_mb: float = 512.0
     """For nccl and tensor: parameters are sent in buckets of about this many MiB (and
     gathered per bucket under ZeRO-3)."""
+
+    master_address: str = "127.0.0.1"
+    """For nccl: the trainer's address as the servers reach it; the trainer is rank 0 of
+    the weight-update group and hosts its rendezvous there. 127.0.0.1 only reaches
+    servers on the trainer's own machine."""
+
+    master_port: int = 0
+    """For nccl: the rendezvous port of the weight-update group; 0 picks a free one."""
+
+    group_backend: Literal["nccl", "gloo"] = "nccl"
+    """For nccl: the weight-update group's torch.distributed backend; nccl between GPUs,
+    gloo between CPU processes (tests and debugging)."""
+
+    server_ranks: list[int] = field(default_factory=list)
+    """For nccl: ranks each server takes in the weight-update group (its GPUs: tp size),
+    one entry per URL in urls; empty: 1 per server. The urls must then name every server,
+    not a router: each one joins the group."""
 
     health_timeout_s: float = 300.0
     """How long to wait at start for every server's /health_generate to answer."""
@@ -312,6 +343,27 @@ class SglangConfig:
             raise ConfigError(
                 "weight_sync", f"{self.weight_sync} needs GPU servers; a local server takes disk"
             )
+        if not self.master_address:
+            raise ConfigError("master_address", "is empty; give the trainer's address")
+        if not 0 <= self.master_port <= 65535:
+            raise ConfigError(
+                "master_port", f"must be in 0..65535 (0: a free one), got {self.master_port}"
+            )
+        for i, ranks in enumerate(self.server_ranks):
+            if ranks < 1:
+                raise ConfigError(
+                    f"server_ranks.{i}", f"must be >= 1 (the server's GPUs), got {ranks}"
+                )
+        if self.server_ranks and len(self.server_ranks) != len(self.urls):
+            raise ConfigError(
+                "server_ranks",
+                f"has {len(self.server_ranks)} entries for {len(self.urls)} urls; give one "
+                "per server, or leave it empty for 1 rank each",
+            )
+
+    def engine_ranks(self) -> list[int]:
+        """Ranks of each server in the nccl weight-update group (`server_ranks`, or 1 each)."""
+        return list(self.server_ranks) or [1] * len(self.urls)
 
 
 @dataclass
@@ -626,15 +678,15 @@ class OptimConfig:
     """Clip the global gradient norm to this; 0 disables."""
 
     steps: int = 100
-    """Training steps: rollout batches for RL recipes, optimiser steps for sft."""
+    """Training steps: rollout batches for RL recipes, optimiser steps for sft, rm and dpo."""
 
     micro_batch_size: int = 4
-    """Sequences per forward/backward on each process; gradient accumulation is derived
-    from it (optimiser batch / (micro_batch_size * processes))."""
+    """Sequences (pairs for rm and dpo) per forward/backward on each process; gradient
+    accumulation is derived from it (optimiser batch / (micro_batch_size * processes))."""
 
     batch_size: int | None = None
-    """Sequences per optimiser step, for sft. RL recipes derive it: rollout.prompts_per_step
-    * rollout.n / algorithm.mini_batches."""
+    """Sequences per optimiser step for sft, pairs for rm and dpo. RL recipes derive it:
+    rollout.prompts_per_step * rollout.n / algorithm.mini_batches."""
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -656,6 +708,46 @@ class OptimConfig:
             raise ConfigError("micro_batch_size", f"must be >= 1, got {self.micro_batch_size}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError("batch_size", f"must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class PreferenceConfig:
+    """Training on chosen/rejected pairs: the rm (Bradley-Terry) and dpo recipes."""
+
+    margin: float = 0.0
+    """rm: the Bradley-Terry loss is -log sigmoid(r_chosen - r_rejected - margin); a
+    positive margin keeps pushing pairs until their scores are that far apart."""
+
+    beta: float = 0.1
+    """dpo: strength of the tie to the reference model; the implicit reward of a
+    completion is beta * (log pi - log pi_ref). Smaller lets the policy drift further."""
+
+    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
+    """dpo: sigmoid is DPO's -log sigmoid(beta * h); ipo regresses h to 1 / (2 beta)."""
+
+    label_smoothing: float = 0.0
+    """dpo (sigmoid): the assumed probability that a pair's label is flipped
+    (conservative DPO), in [0, 0.5); 0 is plain DPO."""
+
+    precompute_reference: bool = False
+    """dpo: compute the reference log-probabilities of every pair once, before training,
+    instead of keeping a frozen copy of the model (saves its memory; costs one pass over
+    the data at start)."""
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.margin) or self.margin < 0:
+            raise ConfigError("margin", f"must be >= 0, got {self.margin}")
+        if not self.beta > 0:
+            raise ConfigError("beta", f"must be > 0 (0.1 is usual), got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError(
+                "label_smoothing", f"must be in [0, 0.5) (0: plain DPO), got {self.label_smoothing}"
+            )
+        if self.loss_type == "ipo" and self.label_smoothing:
+            raise ConfigError(
+                "label_smoothing",
+                "applies to the sigmoid loss; IPO has none: set it to 0 or loss_type=sigmoid",
+            )
 
 
 @dataclass
@@ -829,9 +921,11 @@ class EvalConfig:
 class TrainConfig:
     """A training run: the recipe and every section it reads."""
 
-    recipe: Literal["grpo", "sft"]
+    recipe: Literal["grpo", "sft", "rm", "dpo"]
     """grpo: the GRPO-family RL loop (estimator and loss from `algorithm`); sft: supervised
-    fine-tuning on the data's completions (loss on completion tokens only)."""
+    fine-tuning on the data's completions (loss on completion tokens only); rm: a
+    Bradley-Terry reward model on chosen/rejected pairs; dpo: direct preference
+    optimisation of the policy on those pairs (settings of both in `preference`)."""
 
     model: ModelConfig
     """The policy model."""
@@ -858,6 +952,9 @@ class TrainConfig:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     """Advantage estimator and policy loss (grpo recipe)."""
 
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    """Pairwise losses (rm and dpo recipes)."""
+
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimiser, schedule and batch."""
 
@@ -877,7 +974,9 @@ class TrainConfig:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             raise ConfigError("name", f"{self.name!r} must be letters, digits, '_', '.', '-'")
         if self.torch_threads < 0:
-            raise ConfigError("torch_threads", f"must be >= 0 (0: automatic), got {self.torch_threads}")
+            raise ConfigError(
+                "torch_threads", f"must be >= 0 (0: automatic), got {self.torch_threads}"
+            )
         # Derived fields, all here.
         if self.data.seed is None:
             self.data.seed = self.seed
@@ -889,8 +988,10 @@ class TrainConfig:
             self.rollout.max_staleness = self.rollout.off_policy_steps * self.steps_per_batch
         if self.recipe == "grpo":
             self._check_rl()
-        else:
+        elif self.recipe == "sft":
             self._check_sft()
+        else:
+            self._check_pairs()
         self._check_eval()
 
     def _check_rl(self) -> None:
@@ -949,6 +1050,25 @@ class TrainConfig:
             raise ConfigError("optim.batch_size", "is null; sft needs sequences per optimiser step")
         self.grad_accum_steps(world_size=1)
 
+    def _check_pairs(self) -> None:
+        if self.optim.batch_size is None:
+            raise ConfigError(
+                "optim.batch_size", f"is null; {self.recipe} needs pairs per optimiser step"
+            )
+        if self.data.chosen_field == self.data.rejected_field:
+            raise ConfigError(
+                "data.rejected_field",
+                f"is {self.data.rejected_field!r}, the same column as data.chosen_field; "
+                "name the column holding the dispreferred completion",
+            )
+        if self.model.lora.enabled and self.recipe == "rm":
+            raise ConfigError(
+                "model.lora.enabled",
+                "is not supported by the rm recipe (its score head must train in full); "
+                "set it false",
+            )
+        self.grad_accum_steps(world_size=1)
+
     def _check_eval(self) -> None:
         if not self.eval.enabled:
             return
@@ -958,6 +1078,8 @@ class TrainConfig:
                 "is true but there is no held-out data: set data.eval_fraction "
                 "(e.g. 0.1) or data.eval_path, or eval.enabled=false",
             )
+        if self.is_pairwise:
+            return  # held-out pairwise accuracy needs no reward service
         names = [s.name for s in self.reward.sources]
         if not names:
             raise ConfigError(
@@ -972,14 +1094,19 @@ class TrainConfig:
             )
 
     @property
+    def is_pairwise(self) -> bool:
+        """Whether the recipe trains on chosen/rejected pairs (rm, dpo)."""
+        return self.recipe in ("rm", "dpo")
+
+    @property
     def steps_per_batch(self) -> int:
         """Optimiser steps per rollout batch (grpo): ppo_epochs x mini_batches."""
         return self.algorithm.ppo_epochs * self.algorithm.mini_batches
 
     @property
     def optimizer_batch_size(self) -> int:
-        """Sequences per optimiser step, across all processes."""
-        if self.recipe == "sft":
+        """Sequences (pairs for rm and dpo) per optimiser step, across all processes."""
+        if self.recipe != "grpo":
             assert self.optim.batch_size is not None
             return self.optim.batch_size
         return self.rollout.batch_completions // self.algorithm.mini_batches
@@ -990,7 +1117,7 @@ class TrainConfig:
         if batch % (micro * world_size):
             source = (
                 "optim.batch_size"
-                if self.recipe == "sft"
+                if self.recipe != "grpo"
                 else f"rollout.prompts_per_step {self.rollout.prompts_per_step} x rollout.n "
                 f"{self.rollout.n} / algorithm.mini_batches {self.algorithm.mini_batches}"
             )

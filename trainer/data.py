@@ -18,11 +18,21 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from referee.types import Sample
 
 Message = dict[str, str]
+
+
+class HasId(Protocol):
+    """A row with an id: what splitting and batching need (prompt rows, preference pairs)."""
+
+    @property
+    def id(self) -> str: ...
+
+
+RowT = TypeVar("RowT", bound=HasId)
 
 
 @dataclass(frozen=True)
@@ -219,9 +229,7 @@ def _prompt(value: Any, bad: Any) -> str | list[Message]:
 # --- splitting ----------------------------------------------------------------------
 
 
-def split_eval(
-    rows: Sequence[PromptRow], fraction: float
-) -> tuple[list[PromptRow], list[PromptRow]]:
+def split_eval(rows: Sequence[RowT], fraction: float) -> tuple[list[RowT], list[RowT]]:
     """(train, eval): round(fraction * len) rows held out, chosen by a hash of their id.
 
     The choice depends on the ids alone, so it is the same whatever the seed or the row
@@ -326,8 +334,9 @@ class DataPosition:
     index: int
 
 
-class PromptBatches:
-    """An endless iterator of prompt batches, epoch after epoch, resumable.
+class PromptBatches(Generic[RowT]):
+    """An endless iterator of batches of rows (prompts, or preference pairs), epoch after
+    epoch, resumable.
 
     Each epoch visits every row once, in an order that depends only on `seed` and the
     epoch number; a batch may span two epochs. `state_dict()` after any batch, restored
@@ -342,7 +351,7 @@ class PromptBatches:
     True
     """
 
-    def __init__(self, rows: Sequence[PromptRow], batch_size: int, seed: int) -> None:
+    def __init__(self, rows: Sequence[RowT], batch_size: int, seed: int) -> None:
         if not rows:
             raise ValueError("no prompt rows to iterate over")
         if batch_size < 1:
@@ -366,9 +375,9 @@ class PromptBatches:
     def position(self) -> DataPosition:
         return DataPosition(self._epoch, self._index)
 
-    def take(self, k: int) -> list[PromptRow]:
+    def take(self, k: int) -> list[RowT]:
         """The next `k` rows (dynamic sampling refills with this)."""
-        out: list[PromptRow] = []
+        out: list[RowT] = []
         while len(out) < k:
             if self._index == len(self._rows):
                 self._epoch += 1
@@ -378,10 +387,10 @@ class PromptBatches:
             self._index += 1
         return out
 
-    def __iter__(self) -> PromptBatches:
+    def __iter__(self) -> PromptBatches[RowT]:
         return self
 
-    def __next__(self) -> list[PromptRow]:
+    def __next__(self) -> list[RowT]:
         return self.take(self.batch_size)
 
     def state_dict(self) -> dict[str, Any]:

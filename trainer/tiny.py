@@ -41,12 +41,15 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
     LlamaConfig,
     LlamaForCausalLM,
+    LlamaForSequenceClassification,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen2ForSequenceClassification,
 )
 
 PAD = "<pad>"
@@ -72,6 +75,7 @@ CHAT_TEMPLATE = (
 
 Preset = Literal["tiny", "small"]
 Arch = Literal["llama", "qwen2"]
+Head = Literal["lm", "score"]
 
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(
@@ -137,6 +141,7 @@ def build_model(
     *,
     tokenizer: PreTrainedTokenizerFast | None = None,
     arch: Arch = "llama",
+    head: Head = "lm",
     seed: int = 0,
     max_position_embeddings: int = 1024,
     **overrides: object,
@@ -149,6 +154,10 @@ def build_model(
     a `Qwen2ForCausalLM` (biases on q/k/v), otherwise a `LlamaForCausalLM`; the
     sizes are the same. `overrides` are passed to the config (e.g.
     `num_hidden_layers=6`).
+
+    `head="score"` builds the `...ForSequenceClassification` model with one label
+    instead (a reward model: a linear score on the hidden state of the last token that
+    is not `pad_token_id`, so give a tokenizer whose pad token never occurs in text).
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -178,16 +187,25 @@ def build_model(
     fields.update(overrides)
     if arch not in ("llama", "qwen2"):
         raise ValueError(f"unknown arch {arch!r}; choose 'llama' or 'qwen2'")
-    config_cls, model_cls = (
-        (Qwen2Config, Qwen2ForCausalLM) if arch == "qwen2" else (LlamaConfig, LlamaForCausalLM)
-    )
+    if head not in ("lm", "score"):
+        raise ValueError(f"unknown head {head!r}; choose 'lm' or 'score'")
+    classes = {
+        ("qwen2", "lm"): (Qwen2Config, Qwen2ForCausalLM),
+        ("qwen2", "score"): (Qwen2Config, Qwen2ForSequenceClassification),
+        ("llama", "lm"): (LlamaConfig, LlamaForCausalLM),
+        ("llama", "score"): (LlamaConfig, LlamaForSequenceClassification),
+    }
+    config_cls, model_cls = classes[(arch, head)]
+    if head == "score":
+        fields.setdefault("num_labels", 1)
     config = config_cls(**fields)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_cls(config)
-    model.generation_config.pad_token_id = config.pad_token_id
-    model.generation_config.eos_token_id = config.eos_token_id
-    model.generation_config.bos_token_id = config.bos_token_id
+    if head == "lm":
+        model.generation_config.pad_token_id = config.pad_token_id
+        model.generation_config.eos_token_id = config.eos_token_id
+        model.generation_config.bos_token_id = config.bos_token_id
     return model.float().train()
 
 
@@ -214,6 +232,15 @@ def load_model(path: str | os.PathLike[str], **kwargs: object) -> PreTrainedMode
     """Load a model directory written by `save` (or any local causal LM), fp32 by default."""
     kwargs.setdefault("dtype", torch.float32)
     return AutoModelForCausalLM.from_pretrained(Path(path), **kwargs)
+
+
+def load_reward_model(path: str | os.PathLike[str], **kwargs: object) -> PreTrainedModel:
+    """A sequence-classification model with one label (a reward model) from `path`, fp32
+    by default. A causal LM directory gets a freshly initialised score head on its
+    trunk (seeded by the caller's torch RNG); a reward-model directory loads whole."""
+    kwargs.setdefault("dtype", torch.float32)
+    kwargs.setdefault("num_labels", 1)
+    return AutoModelForSequenceClassification.from_pretrained(Path(path), **kwargs)
 
 
 def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerFast:

@@ -39,6 +39,17 @@ def make_data(out: Path, train: int = 64, eval_rows: int = 8) -> tuple[Path, Pat
     return module.make(out, train, eval_rows, 2, 0)
 
 
+def make_preference_data(out: Path, train: int = 1000, eval_rows: int = 200) -> tuple[Path, Path]:
+    """The synthetic preference set of examples/preferences/make_data.py."""
+    spec = importlib.util.spec_from_file_location(
+        "preferences_make_data", ROOT / "examples/preferences/make_data.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make(out, train, eval_rows, 2, 0)
+
+
 def write_verifier(directory: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """Writes the test verifier module where the local service can import it."""
     (directory / "recipe_test_reward.py").write_text(VERIFIER)

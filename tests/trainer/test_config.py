@@ -526,6 +526,19 @@ def test_real_verifiers_service_is_reachable() -> None:
             "local server takes disk",
         ),
         ("rollout.sglang.weight_sync=ipc", "rollout.sglang.weight_sync", "tensor"),
+        ("rollout.sglang.master_port=70000", "rollout.sglang.master_port", "0..65535"),
+        ("rollout.sglang.master_address=''", "rollout.sglang.master_address", "is empty"),
+        ("rollout.sglang.group_backend=mpi", "rollout.sglang.group_backend", "gloo"),
+        (
+            "rollout.sglang={urls: [http://a:1, http://b:1], server_ranks: [2]}",
+            "rollout.sglang.server_ranks",
+            "one per server",
+        ),
+        (
+            "rollout.sglang={urls: [http://a:1], server_ranks: [0]}",
+            "rollout.sglang.server_ranks.0",
+            "must be >= 1",
+        ),
     ],
 )
 def test_sglang_settings_checked(tmp_path: Path, override: str, key: str, text: str) -> None:
@@ -546,7 +559,34 @@ def test_sglang_engine_settings_load(tmp_path: Path) -> None:
     )
     assert cfg.rollout.sglang.urls[1] == "http://127.0.0.1:30001"
     assert cfg.rollout.sglang.weight_sync == "nccl" and cfg.rollout.sglang.bucket_mb == 64
+    s = cfg.rollout.sglang
+    assert (s.master_address, s.master_port, s.group_backend) == ("127.0.0.1", 0, "nccl")
+    assert s.engine_ranks() == [1, 1]
+    ranked = load_config(
+        write(tmp_path, base()),
+        [
+            "rollout.sglang={urls: [http://h:1, http://h:2], server_ranks: [2, 4]}",
+            "rollout.sglang.master_port=29600",
+            "rollout.sglang.group_backend=gloo",
+        ],
+    )
+    assert ranked.rollout.sglang.engine_ranks() == [2, 4]
+    assert ranked.rollout.sglang.master_port == 29600
     local = load_config(
         write(tmp_path, base()), ["rollout.engine=sglang", "rollout.sglang.urls=[local]"]
     )
     assert local.rollout.sglang.is_local
+
+
+def test_recipe_takes_nccl_and_refuses_tensor(tmp_path: Path) -> None:
+    from referee.trainer.recipes.rollouts import check_sglang
+
+    sglang = ["rollout.engine=sglang", "rollout.sglang.urls=[http://127.0.0.1:30000]"]
+    check_sglang(load_config(write(tmp_path, base()), [*sglang, "rollout.sglang.weight_sync=nccl"]))
+    tensor = load_config(write(tmp_path, base()), [*sglang, "rollout.sglang.weight_sync=tensor"])
+    with pytest.raises(ConfigError, match="colocated on the trainer's CUDA") as info:
+        check_sglang(tensor)
+    assert info.value.key == "rollout.sglang.weight_sync"
+    lora = [*sglang, "rollout.sglang.weight_sync=nccl", "model.lora.enabled=true"]
+    with pytest.raises(ConfigError, match="disk .which merges LoRA"):
+        check_sglang(load_config(write(tmp_path, base()), lora))

@@ -1,4 +1,5 @@
-"""RL algorithms as pure functions over tensors: advantages, policy losses, KL, filters.
+"""RL algorithms as pure functions over tensors: advantages, policy losses, KL, filters,
+and the preference losses (Bradley-Terry, DPO, IPO).
 
 One function per estimator or loss; the registries map the names a config uses to them.
 A recipe composes them, e.g. GRPO with DAPO's filters:
@@ -63,18 +64,30 @@ from referee.trainer.algorithms.policy_loss import (
     sequence_mean,
     token_mean,
 )
+from referee.trainer.algorithms.preference import (
+    PREFERENCE_LOSSES,
+    PreferenceLoss,
+    bradley_terry_loss,
+    dpo_loss,
+    ipo_loss,
+    pairwise_accuracy,
+)
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "AGGREGATIONS",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
+    "PREFERENCE_LOSSES",
     "AdvantageEstimator",
     "Aggregation",
     "GroupStats",
     "KLEstimator",
     "LogprobGap",
     "PolicyLoss",
+    "PreferenceLoss",
+    "bradley_terry_loss",
+    "dpo_loss",
     "dr_grpo_advantages",
     "entropy_from_logits",
     "expand_group_mask",
@@ -82,6 +95,7 @@ __all__ = [
     "grpo_advantages",
     "gspo_loss",
     "informative_groups",
+    "ipo_loss",
     "kl_k1",
     "kl_k2",
     "kl_k3",
@@ -93,6 +107,7 @@ __all__ = [
     "masked_sum",
     "overlong_mask",
     "overlong_penalty",
+    "pairwise_accuracy",
     "ppo_clip_loss",
     "reinforce_pp_advantages",
     "reinforce_pp_baseline_advantages",

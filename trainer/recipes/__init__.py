@@ -1,4 +1,5 @@
-"""Training recipes: one module per loop (`grpo`, `sft`), sharing setup from `common`.
+"""Training recipes: one module per loop (`grpo`, `sft`, `rm`, `dpo`), sharing setup from
+`common` (and, for the two pairwise recipes, `pairs`).
 
 >>> summary = train(load_config("examples/configs/grpo_tiny.yaml"))  # doctest: +SKIP
 
@@ -22,6 +23,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         from referee.trainer.recipes import grpo
 
         return grpo.train(cfg, resume=resume)
+    if cfg.recipe == "rm":
+        from referee.trainer.recipes import rm
+
+        return rm.train(cfg, resume=resume)
+    if cfg.recipe == "dpo":
+        from referee.trainer.recipes import dpo
+
+        return dpo.train(cfg, resume=resume)
     from referee.trainer.recipes import sft
 
     return sft.train(cfg, resume=resume)

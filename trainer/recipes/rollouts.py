@@ -13,10 +13,16 @@ to `rollout.sglang.weight_sync_dir/v{step}` and every server loads it with
 servers get the trainer's weights too: a local server is started from an export of them,
 remote servers are synced (they may hold anything, e.g. a previous run's weights).
 
+With `weight_sync: nccl` the servers instead join a process group with the trainer at
+the first sync (`rollout.sglang.master_address`/`master_port`, `group_backend`,
+`server_ranks`) and every sync broadcasts the policy's parameters bucket by bucket
+(`rollout.sglang.bucket_mb`, ZeRO-3 gathered per bucket); the group is left on exit.
+
 Not handled here: a server that is restarted from other weights mid-run keeps them until
 the next sync (its samples carry its own `weight_version`, which the recipe checks
-against `rollout.max_staleness`); nccl and tensor syncs, which need the servers' GPUs
-(refused by the recipe).
+against `rollout.max_staleness`); under nccl such a server has also left the group, and
+the next sync fails. The tensor sync (CUDA IPC to servers colocated on the trainer's
+GPUs) and nccl with LoRA (the servers would get adapter names) are refused.
 """
 
 from __future__ import annotations
@@ -37,13 +43,21 @@ __all__ = ["check_sglang", "open_rollout", "weight_sync_dir"]
 
 
 def check_sglang(cfg: TrainConfig) -> None:
-    """Refuses sglang settings a CPU-testable recipe cannot run yet, naming the key."""
+    """Refuses sglang settings the recipes cannot run, naming the key."""
     s = cfg.rollout.sglang
-    if cfg.rollout.engine == "sglang" and s.weight_sync != "disk":
+    if cfg.rollout.engine != "sglang":
+        return
+    if s.weight_sync == "tensor":
         raise ConfigError(
             "rollout.sglang.weight_sync",
-            f"{s.weight_sync} is not wired into the recipes yet (it needs the servers' "
-            "GPUs in a process group with the trainer); use disk",
+            "tensor needs servers colocated on the trainer's CUDA devices (CUDA IPC "
+            "handles), which the recipes do not start; use disk or nccl",
+        )
+    if s.weight_sync == "nccl" and cfg.model.lora.enabled:
+        raise ConfigError(
+            "rollout.sglang.weight_sync",
+            "nccl sends the module's own parameters, and with model.lora.enabled those "
+            "are adapter weights the servers do not know; use disk (which merges LoRA)",
         )
 
 
@@ -73,7 +87,7 @@ def open_rollout(
 
     from referee.trainer.local_services import start_service
     from referee.trainer.rollout.sglang import SGLangEngine
-    from referee.trainer.rollout.weight_sync import DiskSync
+    from referee.trainer.rollout.weight_sync import DiskSync, NcclSync
 
     s = cfg.rollout.sglang
     directory = weight_sync_dir(cfg)
@@ -95,7 +109,19 @@ def open_rollout(
             urls = [server.url]
         else:
             urls = list(s.urls)
-        sync = DiskSync(directory, save=save, timeout_s=s.timeout_s, current=current)
+        sync: DiskSync | NcclSync
+        if s.weight_sync == "nccl":
+            sync = NcclSync(
+                master_address=s.master_address,
+                master_port=s.master_port,
+                engine_ranks=s.engine_ranks(),
+                backend=s.group_backend,
+                bucket_mb=s.bucket_mb,
+                timeout_s=s.timeout_s,
+            )
+            stack.callback(sync.close)
+        else:
+            sync = DiskSync(directory, save=save, timeout_s=s.timeout_s, current=current)
         rollout = SGLangEngine(
             urls,
             weight_sync=sync,

@@ -25,8 +25,9 @@ Methods (`make_weight_sync(name, ...)`):
 * `tensor` (`TensorSync`): colocated servers take CUDA IPC handles through
   `/update_weights_from_tensor`.
 
-The collective pieces (group init, broadcast, ZeRO-3 gather, tensor serialisation) are
-functions passed in, so the HTTP sequence runs and is tested on CPU.
+The collective pieces (group init, broadcast, ZeRO-3 gather, tensor serialisation) can
+be passed in, so the HTTP sequence runs and is tested on CPU; `NcclSync` has a built-in
+group and broadcast (`update_group.UpdateGroup`, nccl or gloo) when none are given.
 Not defended against: servers that differ in model architecture from the trainer.
 """
 
@@ -34,6 +35,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -61,9 +64,12 @@ from .sync_requests import (
     rank_offsets,
     tensor_body,
 )
+from .update_group import UpdateGroup
 
 #: Trainer side of `/init_weights_update_group`: join the group as rank 0.
 InitGroupFn = Callable[[str, int, int, str, str], None]  # (addr, port, world, name, backend)
+#: Reserve the rendezvous before the servers are told: (addr, port (0: any), world) -> port.
+ListenFn = Callable[[str, int, int], int]
 #: Broadcast these tensors from rank 0 of the weight-update group, in order.
 BroadcastFn = Callable[[Sequence[torch.Tensor]], None]
 #: Serialise (name, tensor) pairs for `/update_weights_from_tensor` (base64 text).
@@ -233,7 +239,7 @@ class DiskSync:
 
 
 class NcclSync:
-    """Broadcast buckets of parameters to the servers over a separate NCCL group."""
+    """Broadcast buckets of parameters to the servers over a separate process group."""
 
     def __init__(
         self,
@@ -241,8 +247,9 @@ class NcclSync:
         master_address: str,
         master_port: int,
         engine_ranks: Sequence[int],
-        init_group: InitGroupFn,
-        broadcast: BroadcastFn,
+        init_group: InitGroupFn | None = None,
+        broadcast: BroadcastFn | None = None,
+        listen: ListenFn | None = None,
         gather: GatherFn = gather_context,
         bucket_mb: float = 512.0,
         group_name: str = "weight_update_group",
@@ -252,15 +259,32 @@ class NcclSync:
         pause_mode: str = "retract",
         flush_timeout_s: float = 60.0,
     ) -> None:
-        """`engine_ranks[i]`: GPUs of server i (its tp size) in the group.
-        `init_group(addr, port, world_size, group_name, backend)` joins the trainer as
-        rank 0 (blocking until the servers join: it runs while their init requests are
-        in flight); `broadcast(tensors)` sends one bucket's tensors from rank 0;
+        """`engine_ranks[i]`: GPUs of server i (its tp size) in the group; `urls` must
+        name each server (not a router): every one of them joins the group.
+        `master_address:master_port`: where the servers reach the trainer's rendezvous
+        (port 0: a free one, chosen when the group is created).
+
+        Collectives: by default an `UpdateGroup` (`backend` "nccl" or "gloo") that the
+        trainer joins as rank 0. Or pass both `init_group(addr, port, world_size,
+        group_name, backend)`, which joins as rank 0 and blocks until the servers have
+        joined (it runs while their init requests are in flight), and
+        `broadcast(tensors)`, which sends one bucket's tensors from rank 0; `listen`
+        then defaults to picking a free port when `master_port` is 0.
         `gather(params)` is a context that materialises ZeRO-3 parameters, entered
         once per bucket. `load_format="flattened_bucket"` for servers that take it."""
+        if (init_group is None) != (broadcast is None):
+            raise ValueError("pass both init_group and broadcast, or neither (built-in group)")
+        self.group: UpdateGroup | None = None
+        if init_group is None:
+            self.group = UpdateGroup(timeout_s)
+            init_group, broadcast = self.group.join, self.group.broadcast
+            listen = listen or self.group.listen
+        assert init_group is not None and broadcast is not None
+        self.init_group, self.broadcast = init_group, broadcast
+        self.listen: ListenFn = listen or free_port
+        self.gather = gather
         self.master_address, self.master_port = master_address, master_port
         self.engine_ranks = list(engine_ranks)
-        self.init_group, self.broadcast, self.gather = init_group, broadcast, gather
         self.bucket_mb, self.group_name, self.backend = bucket_mb, group_name, backend
         self.load_format = load_format
         self.timeout_s, self.pause_mode = timeout_s, pause_mode
@@ -281,18 +305,53 @@ class NcclSync:
         finally:
             servers.close()
 
+    def close(self) -> None:
+        """Leave the built-in group (the servers keep their end until they stop)."""
+        if self.group is not None:
+            self.group.close()
+        self._initialised = False
+
     def _init(self, servers: Servers) -> None:
         world = group_world_size(self.engine_ranks)
+        port = self.listen(self.master_address, self.master_port, world)
         bodies = [
-            init_group_body(
-                self.master_address, self.master_port, off, world, self.group_name, self.backend
-            )
+            init_group_body(self.master_address, port, off, world, self.group_name, self.backend)
             for off in rank_offsets(self.engine_ranks)
         ]
         futures = servers.submit_all(INIT_GROUP, bodies)
-        self.init_group(self.master_address, self.master_port, world, self.group_name, self.backend)
-        wait_all(futures)
+        try:
+            self._join_watching(futures, port, world)
+        except BaseException:
+            self.close()  # a retry starts with a fresh rendezvous
+            raise
         self._initialised = True
+
+    def _join_watching(self, futures: list, port: int, world: int) -> None:
+        """Join as rank 0 while the servers' init requests run; a server that refuses
+        fails the sync at once rather than after the rendezvous timeout. (The join,
+        left waiting in its daemon thread, gives up at that timeout.)"""
+        failure: list[BaseException] = []
+        joined = threading.Event()
+
+        def join() -> None:
+            try:
+                self.init_group(self.master_address, port, world, self.group_name, self.backend)
+            except BaseException as exc:  # handed to the caller's thread below
+                failure.append(exc)
+            finally:
+                joined.set()
+
+        threading.Thread(target=join, name="weight-update-group-join", daemon=True).start()
+        while not joined.wait(0.05):
+            for future in futures:
+                if future.done() and future.exception() is not None:
+                    future.result()  # raises the server's error
+        if failure:
+            raise WeightSyncError(
+                f"joining weight-update group {self.group_name!r} as rank 0 at "
+                f"{self.master_address}:{port} failed: {failure[0]}"
+            ) from failure[0]
+        wait_all(futures)
 
     def _update(self, servers: Servers, source: WeightSource, version: int) -> None:
         if not self._initialised:
@@ -306,6 +365,16 @@ class NcclSync:
                     tensors = [torch.cat([t.reshape(-1) for t in tensors])]
                 self.broadcast(tensors)
                 wait_all(futures)
+
+
+def free_port(address: str, port: int, _world_size: int = 0) -> int:
+    """`port`, or when it is 0 one that is free on `address` now (the default `listen`
+    for injected collectives; the built-in group binds its port instead)."""
+    if port:
+        return port
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
 
 
 class TensorSync:
