@@ -9,6 +9,7 @@
     referee health --target HOST:PORT
     referee serve sandbox [--backend bwrap|docker] [--slots N]
     referee serve rollout --model DIR|tiny:tiny [--port 30000]
+    referee up [--config up.yaml] [--exit-on-failure] [--quiet]
     referee exec --target HOST:PORT --language python FILE [--stdin FILE]
     referee train CONFIG.yaml [--set key=value ...] [--resume]
     referee eval CONFIG.yaml [--set key=value ...] [--model DIR]
@@ -257,6 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", type=Path, default=None,
                     help="where to write the JSON row (default <run_dir>/eval.json)")
     ev.set_defaults(run=_run_eval)
+
+    up = sub.add_parser(
+        "up",
+        help="start the local cluster (verifiers, sandbox, gateway, ...) as processes; Ctrl-C stops it",
+        description="Start the compose stack's services as local processes, health-waited in "
+        "dependency order, print their addresses, and stop them all on Ctrl-C or SIGTERM. "
+        "Without --config: verifiers, sandbox (skipped if bubblewrap cannot run) and a gateway "
+        "on 127.0.0.1:50050. See examples/configs/up.yaml.",
+    )
+    up.add_argument("--config", type=Path, default=None, help="up YAML config (default: the topology above)")
+    up.add_argument("--exit-on-failure", action="store_true",
+                    help="when a service dies while up, stop the others and exit 1 (default: report it "
+                    "and keep the rest running)")
+    up.add_argument("--quiet", action="store_true", help="do not echo the services' output")
+    up.set_defaults(run=_run_up)
     return p
 
 
@@ -664,6 +680,18 @@ def _run_list(args: argparse.Namespace) -> int:
             default = "required" if p.required else f"default {p.default_json}"
             print(f"    {p.name}: {p.type} ({default})  {p.description}")
     return 0
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    from referee.up import run_up
+    from referee.up_config import UpConfig, UpConfigError, load_up_config
+
+    try:
+        cfg = load_up_config(args.config) if args.config else UpConfig()
+    except UpConfigError as e:
+        print(f"referee up: {e}", file=sys.stderr)
+        return 2
+    return run_up(cfg, exit_on_failure=args.exit_on_failure, show_logs=not args.quiet)
 
 
 def _run_health(args: argparse.Namespace) -> int:

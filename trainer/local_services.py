@@ -13,7 +13,8 @@ after its gRPC health service answers SERVING.
 
 `start_service("rollout", ["--model", DIR])` starts `referee serve rollout` the same way;
 it prints an `http://` address and is ready once `GET /health_generate` answers 200 (a
-one-token generation, so the model has loaded and runs).
+one-token generation, so the model has loaded and runs). `referee up` starts every other
+service (reward-model, judge, gateway) through `start_service` too, on its own host/port.
 
 A verifiers service that serves the `code` reward needs a sandbox service: when a source
 asks for `code` (or its `local_args` say `--sandbox local`) and names no sandbox of its
@@ -40,7 +41,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -49,13 +50,17 @@ from typing import Literal, Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-Service = Literal["verifiers", "sandbox", "rollout"]
+Service = Literal["verifiers", "sandbox", "reward-model", "judge", "gateway", "rollout"]
 
 #: The proto service each gRPC `referee serve` subcommand serves, as its health service
 #: knows it.
 HEALTH_NAMES: dict[str, str] = {
     "verifiers": "referee.v1.RewardService",
     "sandbox": "referee.v1.SandboxService",
+    "reward-model": "referee.v1.RewardService",
+    "judge": "referee.v1.RewardService",
+    # SERVING only while its required upstreams answer: waited for, it is usable.
+    "gateway": "referee.v1.RewardService",
 }
 
 #: HTTP services and the route that answers 200 once they can serve (SGLang's).
@@ -66,7 +71,7 @@ SANDBOX_REWARDS = frozenset({"code"})
 
 #: Options a local service may not be given: where it listens is ours to choose, and
 #: a local service is plaintext without a token (a token never goes in the YAML).
-_RESERVED = ("--host", "--port", "--tls-cert", "--tls-key", "--token")
+RESERVED_OPTIONS = ("--host", "--port", "--tls-cert", "--tls-key", "--token")
 
 _LISTENING = re.compile(r"listening on (grpcs?|https?)://(\S+)")
 _OUTPUT_LINES = 200
@@ -157,21 +162,26 @@ def start_service(
     env: Mapping[str, str] | None = None,
     cwd: str | Path | None = None,
     ready_timeout_s: float = 60.0,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    on_output: Callable[[str], None] | None = None,
 ) -> LocalService:
-    """Starts `referee serve SERVICE` on loopback and returns once it is healthy.
+    """Starts `referee serve SERVICE` (on loopback, a free port, by default) and returns
+    once it is healthy.
 
     `workers` (verifiers only; default `default_workers()`) is passed as `--workers`
     unless `args` has its own. `env` is added to this process's environment (e.g.
-    PYTHONPATH for a `--load` module). Raises `LocalServiceError`, with the command
-    and the process output, when it exits, prints no address, or is not healthy (gRPC
-    SERVING, or HTTP 200 on its health route) within `ready_timeout_s`.
+    PYTHONPATH for a `--load` module). `on_output` is called with each line the service
+    prints (from a reader thread), e.g. to show its log. Raises `LocalServiceError`, with
+    the command and the process output, when it exits, prints no address, or is not
+    healthy (gRPC SERVING, or HTTP 200 on its health route) within `ready_timeout_s`.
     """
     known = [*HEALTH_NAMES, *HTTP_HEALTH]
     if service not in known:
         raise ValueError(f"unknown service {service!r}; expected one of {', '.join(known)}")
     args = list(args)
     for a in args:
-        if a.split("=", 1)[0] in _RESERVED:
+        if a.split("=", 1)[0] in RESERVED_OPTIONS:
             raise LocalServiceError(
                 f"local_args may not contain {a.split('=', 1)[0]}: a local service listens on "
                 "127.0.0.1 on a free port, in plaintext; use a host:port target to control those"
@@ -183,9 +193,9 @@ def start_service(
         "serve",
         service,
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
-        "0",
+        str(port),
     ]
     if service == "verifiers" and not _has_option(args, "--workers"):
         cmd += ["--workers", str(workers or default_workers())]
@@ -208,6 +218,8 @@ def start_service(
         assert proc.stdout is not None
         for line in proc.stdout:
             svc.output_lines.append(line)
+            if on_output is not None:
+                on_output(line)
             m = _LISTENING.search(line)
             if m and not found.is_set():
                 svc.scheme, svc.address = m.group(1), m.group(2)

@@ -35,8 +35,9 @@ SHIPPED = sorted(
     for pattern in ("*.yaml", "*.yml")
     for p in (ROOT / "examples").rglob(pattern)
     if not {"build", "node_modules"} & set(p.parts) and ".egg-info" not in str(p)
-    # gateway configs are another schema, loaded by tests/service/test_gateway*.py
-    and not p.name.startswith("gateway")
+    # gateway and `referee up` configs are other schemas, loaded by
+    # tests/service/test_gateway*.py and tests/test_up.py
+    and not p.name.startswith(("gateway", "up"))
 )
 REWARD_SERVICE = "referee.v1.RewardService"
 
