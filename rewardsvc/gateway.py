@@ -47,6 +47,7 @@ from referee.rewardsvc.gateway_config import Composite, GatewayConfig, Route
 from referee.rewardsvc.gateway_health import UpstreamProbe
 from referee.rewardsvc.metrics import ServerMetrics
 from referee.rewardsvc.server import serve
+from referee.rewardsvc.streaming import score_stream
 from referee.types import Score, Status
 from referee.v1 import reward_pb2 as pb
 from referee.v1 import reward_pb2_grpc
@@ -55,7 +56,6 @@ log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-STREAM_WINDOW = 8
 DEADLINE_MARGIN_S = 0.05
 """Kept from the caller's deadline for the gateway's own work on the answer."""
 
@@ -66,6 +66,10 @@ class Refused(Exception):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def _refusal(e: Exception) -> grpc.StatusCode | None:
+    return e.code if isinstance(e, Refused) else None
 
 
 class GatewayService(reward_pb2_grpc.RewardServiceServicer):
@@ -188,41 +192,11 @@ class GatewayService(reward_pb2_grpc.RewardServiceServicer):
     ) -> AsyncIterator[pb.ScoreResponse]:
         """Up to STREAM_WINDOW requests of a stream are scored at once; answers come back
         as they finish, each carrying its request_id."""
-        window = asyncio.Semaphore(STREAM_WINDOW)
-        done: asyncio.Queue[pb.ScoreResponse | Exception | None] = asyncio.Queue()
+        async def score(req: pb.ScoreRequest) -> pb.ScoreResponse:
+            return await self.score(req, context.time_remaining())
 
-        async def one(req: pb.ScoreRequest) -> None:
-            try:
-                await done.put(await self.score(req, context.time_remaining()))
-            except Refused as e:
-                tag = f" (request_id {req.request_id!r})" if req.request_id else ""
-                await done.put(Refused(e.code, f"{e}{tag}"))
-            except Exception as e:  # ends the stream as Score would; never drop a request
-                await done.put(e)
-            finally:
-                window.release()
-
-        async def reader() -> None:
-            tasks: set[asyncio.Task[None]] = set()
-            async for req in request_iterator:
-                await window.acquire()
-                t = asyncio.create_task(one(req))
-                tasks.add(t)
-                t.add_done_callback(tasks.discard)
-            await asyncio.gather(*tasks)
-            await done.put(None)
-
-        read = asyncio.create_task(reader())
-        try:
-            while (item := await done.get()) is not None:
-                if isinstance(item, Refused):
-                    await context.abort(item.code, str(item))
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-            await read
-        finally:
-            read.cancel()
+        async for answer in score_stream(request_iterator, context, score, _refusal):
+            yield answer
 
     # --- scoring ----------------------------------------------------------------------
 

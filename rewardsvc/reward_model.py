@@ -56,10 +56,10 @@ from referee.rewardsvc.rm_model import (
     load_reward_model,
     score_batch,
 )
+from referee.rewardsvc.streaming import score_stream
 from referee.v1 import reward_pb2 as pb
 from referee.v1 import reward_pb2_grpc
 
-STREAM_WINDOW = 8
 Normalize = Literal["none", "fixed", "running"]
 
 
@@ -164,6 +164,10 @@ class RequestError(ValueError):
     """The request as a whole is malformed; becomes INVALID_ARGUMENT."""
 
 
+def _refusal(e: Exception) -> grpc.StatusCode | None:
+    return grpc.StatusCode.INVALID_ARGUMENT if isinstance(e, RequestError) else None
+
+
 class RewardModelService(reward_pb2_grpc.RewardServiceServicer):
     """Serves one reward model (see the module doc). Loads the model when built."""
 
@@ -240,41 +244,8 @@ class RewardModelService(reward_pb2_grpc.RewardServiceServicer):
     ) -> AsyncIterator[pb.ScoreResponse]:
         """Up to STREAM_WINDOW requests of a stream are scored at once (their samples
         share forwards); answers come back as they finish, each with its request_id."""
-        window = asyncio.Semaphore(STREAM_WINDOW)
-        done: asyncio.Queue[pb.ScoreResponse | BaseException | None] = asyncio.Queue()
-
-        async def one(req: pb.ScoreRequest) -> None:
-            try:
-                await done.put(await self.score(req))
-            except RequestError as e:
-                tag = f" (request_id {req.request_id!r})" if req.request_id else ""
-                await done.put(RequestError(f"{e}{tag}"))
-            except Exception as e:  # ends the stream as Score would; never drop a request
-                await done.put(e)
-            finally:
-                window.release()
-
-        async def reader() -> None:
-            tasks: set[asyncio.Task[None]] = set()
-            async for req in request_iterator:
-                await window.acquire()
-                t = asyncio.create_task(one(req))
-                tasks.add(t)
-                t.add_done_callback(tasks.discard)
-            await asyncio.gather(*tasks)
-            await done.put(None)
-
-        read = asyncio.create_task(reader())
-        try:
-            while (item := await done.get()) is not None:
-                if isinstance(item, RequestError):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(item))
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-            await read
-        finally:
-            read.cancel()
+        async for answer in score_stream(request_iterator, context, self.score, _refusal):
+            yield answer
 
     # --- scoring ----------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from referee.rewardsvc.calling import call_async, is_async
 from referee.rewardsvc.config import VerifierPoolConfig
 from referee.rewardsvc.metrics import ServerMetrics
 from referee.rewardsvc.pool import WorkerPool
+from referee.rewardsvc.streaming import score_stream
 from referee.rewardsvc.worker import INVALID_PARAMS, RawResult
 from referee.types import InvalidParams
 from referee.v1 import reward_pb2 as pb
@@ -38,11 +39,14 @@ _STATUS = {
     "ERROR": pb.STATUS_ERROR,
     "UNAVAILABLE": pb.STATUS_UNAVAILABLE,
 }
-STREAM_WINDOW = 8
 
 
 class RequestError(ValueError):
     """The request as a whole is malformed; becomes INVALID_ARGUMENT."""
+
+
+def _refusal(e: Exception) -> grpc.StatusCode | None:
+    return grpc.StatusCode.INVALID_ARGUMENT if isinstance(e, RequestError) else None
 
 
 class VerifierService(reward_pb2_grpc.RewardServiceServicer):
@@ -102,41 +106,8 @@ class VerifierService(reward_pb2_grpc.RewardServiceServicer):
     ) -> AsyncIterator[pb.ScoreResponse]:
         """Scores up to STREAM_WINDOW requests of one stream at once; reading pauses
         beyond that, which is the stream's backpressure."""
-        window = asyncio.Semaphore(STREAM_WINDOW)
-        done: asyncio.Queue[pb.ScoreResponse | BaseException | None] = asyncio.Queue()
-
-        async def one(req: pb.ScoreRequest) -> None:
-            try:
-                await done.put(await self.score(req))
-            except RequestError as e:
-                tag = f" (request_id {req.request_id!r})" if req.request_id else ""
-                await done.put(RequestError(f"{e}{tag}"))
-            except Exception as e:  # ends the stream as Score would; never drop a request
-                await done.put(e)
-            finally:
-                window.release()
-
-        async def reader() -> None:
-            tasks: set[asyncio.Task[None]] = set()
-            async for req in request_iterator:
-                await window.acquire()
-                t = asyncio.create_task(one(req))
-                tasks.add(t)
-                t.add_done_callback(tasks.discard)
-            await asyncio.gather(*tasks)
-            await done.put(None)
-
-        read = asyncio.create_task(reader())
-        try:
-            while (item := await done.get()) is not None:
-                if isinstance(item, RequestError):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(item))
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-            await read
-        finally:
-            read.cancel()
+        async for answer in score_stream(request_iterator, context, self.score, _refusal):
+            yield answer
 
     # --- scoring ----------------------------------------------------------------------
 
