@@ -44,6 +44,22 @@ def terminate(proc: subprocess.Popen, timeout: float = 30.0) -> int:
     return proc.returncode
 
 
+def process_group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group `pgid`: what a test checks is empty
+    after stopping a server that started children (its workers, its sandboxes)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            out.append(int(entry.name))
+    return out
+
+
 @contextmanager
 def serve_process(
     args: list[str],

@@ -26,6 +26,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from referee.rewardsvc.client import SyncRewardClient
+from referee.testing import process_group_members
 from referee.types import Status
 from referee.up_config import SERVICES, UpConfig, UpConfigError, load_up_config, parse_up_config
 
@@ -118,21 +119,6 @@ def up_factory(tmp_path: Path) -> Iterator:
         up.kill()
 
 
-def _group(pgid: int) -> list[int]:
-    """Live (not zombie) processes in process group `pgid`."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            out.append(int(entry.name))
-    return out
-
-
 def _with_marker(marker: str) -> list[int]:
     """Live processes whose environment holds `marker` (ours: its environ is readable)."""
     out = []
@@ -151,7 +137,7 @@ def _with_marker(marker: str) -> list[int]:
 
 def _groups_gone(pgids: list[int], timeout: float = 5.0) -> list[int]:
     deadline = time.monotonic() + timeout
-    while (left := [p for pg in pgids for p in _group(pg)]) and time.monotonic() < deadline:
+    while (left := [p for pg in pgids for p in process_group_members(pg)]) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
 
@@ -175,7 +161,7 @@ def test_up_scores_through_the_gateway_and_sigint_stops_every_process(up_factory
     verifiers_pid = up.services["verifiers"][1]
     assert _serving(gateway) and _serving(up.services["verifiers"][0])
     # the verifiers' workers share its process group
-    assert len(_group(verifiers_pid)) >= 3
+    assert len(process_group_members(verifiers_pid)) >= 3
     with SyncRewardClient(gateway, timeout_s=30) as client:
         names = {r.name for r in client.list_rewards()}
         assert {"math", "format", "math_with_format"} <= names

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from referee.testing import process_group_members
 from referee.trainer.config import RewardSourceConfig
 from referee.trainer.data import PromptRow
 from referee.trainer.local_services import (
@@ -37,21 +38,6 @@ def _state(pid: int) -> str | None:
         return None
     state = stat.rsplit(")", 1)[1].split()[0]
     return None if state in ("Z", "X") else state
-
-
-def _group(pgid: int) -> list[int]:
-    """Live processes in process group `pgid`."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            out.append(int(entry.name))
-    return out
 
 
 def _with_marker(marker: str) -> list[int]:
@@ -95,7 +81,7 @@ def test_one_process_per_distinct_service_shared_by_sources_and_stopped() -> Non
         assert targets["remote"] == ["127.0.0.1:1"]
         assert len(local.services) == 2 and local.exited() == []
         assert all(t[0].startswith("127.0.0.1:") for t in targets.values())
-        members = {svc.proc.pid: _group(svc.proc.pid) for svc in local.services}
+        members = {svc.proc.pid: process_group_members(svc.proc.pid) for svc in local.services}
         # Server, fork server and a worker each.
         assert all(len(pids) >= 3 for pids in members.values()), members
         for svc in local.services:
@@ -116,7 +102,7 @@ def test_one_process_per_distinct_service_shared_by_sources_and_stopped() -> Non
 def test_killed_server_leaves_no_workers_behind() -> None:
     svc = start_service("verifiers", ["--no-entrypoints"], workers=2)
     try:
-        members = _group(svc.proc.pid)
+        members = process_group_members(svc.proc.pid)
         assert len(members) >= 4, members  # server, fork server, two workers
         os.kill(svc.proc.pid, signal.SIGKILL)
         svc.proc.wait(10)
@@ -217,6 +203,6 @@ def test_code_reward_gets_a_local_sandbox() -> None:
             batch = scorer.score_groups([row], [group])
         assert batch.valid.all(), batch.failure_examples
         assert batch.rewards.tolist() == [1.0, 0.0]
-        members = [p for svc in local.services for p in _group(svc.proc.pid)]
+        members = [p for svc in local.services for p in process_group_members(svc.proc.pid)]
     assert [svc.proc.returncode for svc in local.services] == [0, 0]
     assert _wait_gone(members) == []
