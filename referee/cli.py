@@ -402,15 +402,20 @@ def _server_config(args: argparse.Namespace) -> Any:
     )
 
 
-def _run_serve_verifiers(args: argparse.Namespace) -> int:
+def _setup_logging(args: argparse.Namespace) -> None:
+    """The servers' log format, at --log-level."""
     import logging
 
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _run_serve_verifiers(args: argparse.Namespace) -> int:
     from referee.registry import BUILTIN, ENTRYPOINTS, LoadError
     from referee.rewardsvc.config import VerifierPoolConfig
     from referee.rewardsvc.server import serve
     from referee.rewardsvc.verifier_service import VerifierService
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _setup_logging(args)
     # Like uvicorn, make modules in the working directory loadable with --load.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -436,12 +441,10 @@ def _run_serve_verifiers(args: argparse.Namespace) -> int:
 
 
 def _run_serve_gateway(args: argparse.Namespace) -> int:
-    import logging
-
     from referee.rewardsvc.gateway import serve_gateway
     from referee.rewardsvc.gateway_config import load_gateway_config
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _setup_logging(args)
     try:
         cfg = _server_config(args)
         gateway = load_gateway_config(args.config)  # GatewayConfigError is a ValueError
@@ -454,13 +457,11 @@ def _run_serve_gateway(args: argparse.Namespace) -> int:
 
 
 def _run_serve_judge(args: argparse.Namespace) -> int:
-    import logging
-
     from referee.rewardsvc.judge import JudgeConfig
     from referee.rewardsvc.judge_service import JudgeService
     from referee.rewardsvc.server import serve
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _setup_logging(args)
     try:
         cfg = _server_config(args)
         judge_cfg = JudgeConfig(
@@ -478,14 +479,12 @@ def _run_serve_judge(args: argparse.Namespace) -> int:
 
 
 def _run_serve_reward_model(args: argparse.Namespace) -> int:
-    import logging
-
     import torch
 
     from referee.rewardsvc.reward_model import RewardModelConfig, RewardModelService
     from referee.rewardsvc.server import serve
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _setup_logging(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -509,14 +508,12 @@ def _run_serve_reward_model(args: argparse.Namespace) -> int:
 
 
 def _run_serve_sandbox(args: argparse.Namespace) -> int:
-    import logging
-
     from referee.rewardsvc.server import serve
     from referee.sandboxes.backends import make_backend
     from referee.sandboxes.service import SandboxConfig, SandboxService
     from referee.sandboxes.types import Limits
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _setup_logging(args)
     try:
         cfg = _server_config(args)
         sandbox_cfg = SandboxConfig(slots=args.slots, max_queue=args.max_queue,
