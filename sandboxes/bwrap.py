@@ -55,6 +55,12 @@ max_processes times its memory and CPU limits, and RLIMIT_AS (memory limit plus 
 language's reserve, see `Language.address_space_reserve`) stands in for the memory
 limit. `describe()` says which mode is active.
 
+Where the kernel refuses the sandbox a /proc of its own (inside a Docker container whose
+/proc has masked paths, e.g. one started without `systempaths=unconfined`, which Debian's
+docker-compose 1.29 cannot ask for), jobs get no /proc at all rather than a view of the
+host's: the start-up probe notices and `describe()` says so. Python, C, C++, JavaScript
+and bash run without one; a program that reads /proc/self/... gets ENOENT.
+
 What this does NOT defend against: kernel vulnerabilities reachable through allowed
 syscalls or user namespaces (it is not a VM; use the container pool or gVisor for
 hostile-at-scale workloads); timing and cache side channels; reading world-readable
@@ -194,9 +200,10 @@ class BwrapBackend:
     def __init__(self, *, bwrap: str = "bwrap", use_cgroups: bool | None = None, uid_base: int = DEFAULT_UID_BASE,
                  uid_count: int = 256, lock_dir: str = "/run/referee-sandbox",
                  compile_wall_time_s: float = 30.0, compile_memory_bytes: int = 1024 * MiB,
-                 warm: int | None = None) -> None:
+                 warm: int | None = None, proc: bool = True) -> None:
         """`use_cgroups`: None uses them where the host allows, True requires them,
-        False forces rlimit mode. `warm`: how many bwraps to keep started ahead of their
+        False forces rlimit mode. `proc`: give each sandbox a /proc of its own where the
+        kernel allows (False: never; jobs then have none). `warm`: how many bwraps to keep started ahead of their
         jobs (None: one per CPU, the service's default slot count, plus two, so that the
         next job finds one while the last one's replacement is being started; at most a
         quarter of the uid pool, as each holds a uid; 0: none).
@@ -237,7 +244,14 @@ class BwrapBackend:
         self._toolchains: list[Toolchain] | None = None
         self._found: dict[str, tuple[str, tuple[int, int]]] = {}
         self._probe_lock = threading.Lock()
+        self._proc = proc
+        self._bash = shutil.which("bash", path=SANDBOX_PATH)
         check = self._execute(_Step(["true"], [], PROBE_LIMITS))
+        if check.verdict is not Verdict.OK and b"Can't mount proc" in check.stderr:
+            log.warning("the kernel refuses the sandbox its own /proc here (masked /proc paths, as in a "
+                        "container started without systempaths=unconfined): jobs run with no /proc")
+            self._proc = False
+            check = self._execute(_Step(["true"], [], PROBE_LIMITS))
         if check.verdict is not Verdict.OK and self._chroot:
             log.info("chroot cannot switch the uid here (%s); using setpriv", check.message)
             self._chroot = None
@@ -260,9 +274,8 @@ class BwrapBackend:
         if language.compile:
             art = memfd(b"", "referee-binary")
             try:
-                script = f'"$@" || exit; exec cat -- "$0" > /proc/self/fd/{art}'
                 limits = compile_limits(job.limits, wall_time_s=self._compile_wall, memory_bytes=self._compile_memory)
-                compiled = self._execute(_Step(["/bin/sh", "-c", script, language.artifact or "main",
+                compiled = self._execute(_Step([*self._copy_out(art), language.artifact or "main",
                                                 *language.compile], files, limits, language, pass_fds=[art]))
                 if compiled.verdict is not Verdict.OK:
                     return compile_failure(compiled)
@@ -271,6 +284,15 @@ class BwrapBackend:
                 os.close(art)
         argv = language.run_argv(job.limits.memory_bytes, job.args)
         return self._execute(_Step(argv, files, job.limits, language, job.stdin), warm=True)
+
+    def _copy_out(self, fd: int) -> list[str]:
+        """A shell command that runs the compiler ("$@") and, if it succeeds, copies the
+        artifact ("$0") into the memory file `fd`: through /proc/self/fd, or, with no
+        /proc, a redirection to the fd itself, which needs bash (dash's redirections take
+        only fds 0-9)."""
+        if self._proc or self._bash is None:
+            return ["/bin/sh", "-c", f'"$@" || exit; exec cat -- "$0" > /proc/self/fd/{fd}']
+        return [self._bash, "-c", f'"$@" || exit; exec cat -- "$0" >&{fd}']
 
     def close(self) -> None:
         warm = getattr(self, "_warm", None)
@@ -303,6 +325,9 @@ class BwrapBackend:
             "limits": (f"cgroup {self._cg.mode} (memory, pids, cpu accounting) + rlimits"
                        if self._cg.mode != "none" else f"rlimits only ({self._cg.reason})"),
             "filesystem": "ro /usr + loader files; tmpfs /work, /tmp, /dev/shm capped",
+            "proc": ("its own (the job's pid namespace)" if self._proc else
+                     "none: the kernel refuses a fresh /proc here (a container's masked /proc paths; "
+                     "start it with security_opt systempaths=unconfined for one)"),
             "warm": (f"up to {self._warm.size} bwraps started ahead of their jobs, each as its job's uid in its "
                      "job's cgroup, waiting for the job's arguments" if self._warm is not None else "none"),
         }
@@ -318,6 +343,8 @@ class BwrapBackend:
         """Whether the sandbox's shell sets rlimits exactly as prlimit would (it saves
         an exec per job): a probe job with odd limits must see exactly its table in
         /proc/self/limits. Any difference, and prlimit(1) is used instead."""
+        if not self._proc:
+            return False  # the probe reads /proc/self/limits
         self._ulimit = True
         limits = replace(PROBE_LIMITS, cpu_time_s=7.0, file_size_bytes=3 * 512 * 1024, open_files=77,
                          max_processes=55)
@@ -616,7 +643,7 @@ class BwrapBackend:
              "--cap-drop", "ALL", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--clearenv", *self._system]
         for path, data in (("/etc/passwd", passwd), ("/etc/group", group)):
             a += ["--perms", "0644", "--file", str(data), path]
-        return [*a, "--proc", "/proc", "--dev", "/dev",
+        return [*a, *(["--proc", "/proc"] if self._proc else []), "--dev", "/dev",
                 "--args", str(args_fd),
                 "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", WORK,
                 "--seccomp", str(seccomp), "--json-status-fd", str(status_w), "--block-fd", str(block_r),
