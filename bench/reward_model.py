@@ -10,7 +10,8 @@ back to back (a trainer scoring rollouts as they finish). Samples are short ques
 answer texts of 5-15 + 5-30 words (about 15-50 tokens with BERT's specials).
 
 Both servers are up for the whole run and take turns round by round (``--rounds``), so
-a busy neighbour on a shared machine slows both alike. Figures: samples/s of each, the
+a neighbour's changing load on a shared machine falls on both (though it costs the
+batched server more, see below). Figures: samples/s of each, the
 median over rounds of their ratio (target: batching >= 3x), the batched server's mean
 forward size and the fraction of the wall time its worker spent in forwards (from its
 Prometheus metrics), and a check that both servers gave every sample the same score
@@ -26,6 +27,15 @@ then compute-bound (``forward_busy_fraction`` near 1). On a GPU, where one sampl
 the device mostly idle, batching should gain more (not measured here).
 Servers run with one torch thread each (``--threads``): the callers need the other
 core, and two threads on a busy 2-core machine made forwards several times slower.
+
+Each server is two processes: the gRPC one (event loop, tokenizer, batcher) and its
+model process (`rewardsvc/rm_process.py`), which runs the forwards. Per sample on 2
+quiet cores, the batched server spent about 0.8 ms of CPU in its model process (busy
+~95% of the time: the bottleneck), 0.5 ms in its gRPC process and 0.1 ms in the
+callers; the single server 2.4 ms in its model process, one forward after another. So
+the batched server needs about 1.5 cores where the single one needs one, and load from
+elsewhere on the machine costs it more: the ratio was 3.0-3.6x (median 3.2 over 9
+runs) on a quiet machine, 2.5-2.7x beside a docker build.
 
 What this does not measure: GPUs, bf16, long contexts, several replicas, anything off
 loopback. Client and servers share the machine's cores.

@@ -479,6 +479,8 @@ def _run_serve_judge(args: argparse.Namespace) -> int:
 
 
 def _run_serve_reward_model(args: argparse.Namespace) -> int:
+    import gc
+
     import torch
 
     from referee.rewardsvc.reward_model import RewardModelConfig, RewardModelService
@@ -500,7 +502,11 @@ def _run_serve_reward_model(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         print(f"referee serve reward-model: {e}", file=sys.stderr)
         return 2
-    print(f"reward model: {args.model} as {args.name} ({type(service.rm.model).__name__}, "
+    # torch, transformers and the tokenizer are ~200k long-lived objects; under load a
+    # full garbage collection walked them all every few seconds (~0.1 s holding the GIL,
+    # stalling every call). Frozen, collections skip them. (The model process does the same.)
+    gc.freeze()
+    print(f"reward model: {args.model} as {args.name} ({service.rm.architecture}, "
           f"{service.rm.pooling} pooling, max_length {service.max_length}, {args.dtype} on {args.device})",
           flush=True)
     asyncio.run(serve(cfg, [service], "reward-model"))

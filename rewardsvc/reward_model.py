@@ -9,11 +9,14 @@ logit is the score. Per request:
    No completion, a prompt the chat template rejects, or a sample too long under
    ``truncation: error`` is INVALID_INPUT for that sample alone.
 2. The encoded samples join the dynamic batcher's queue (`rm_batcher`), where samples
-   of all concurrent requests are batched into forwards on one worker thread.
+   of all concurrent requests are batched into forwards, one at a time, run by the
+   model process (`rm_process`: the weights and the forwards live in a child process,
+   so they never wait on this process's GIL).
 3. Each score comes back with `components`: ``raw`` (the logit before normalisation),
    ``tokens`` (fed to the model) and ``truncated`` (1 when the policy cut the sample).
-   A forward that fails (out of memory, say) makes its samples ERROR; a sample not done
-   within `timeout_s` is TIMEOUT. A failure is not a score.
+   A forward that fails (out of memory, say, or a model process that died and is
+   replaced) makes its samples ERROR; a sample not done within `timeout_s` is
+   TIMEOUT. A failure is not a score.
 
 Normalisation (`normalize`): ``none``; ``fixed``: ``(raw - norm_offset) / norm_scale``
 with figures measured offline (e.g. the mean and std of the training set's scores);
@@ -37,6 +40,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,6 +60,7 @@ from referee.rewardsvc.rm_model import (
     load_reward_model,
     score_batch,
 )
+from referee.rewardsvc.rm_process import ModelProcess
 from referee.rewardsvc.streaming import score_stream
 from referee.v1 import reward_pb2 as pb
 from referee.v1 import reward_pb2_grpc
@@ -111,6 +116,11 @@ class RewardModelConfig:
 
     max_batch_samples: int = 16384
     """Most samples one request may carry; clients split larger batches."""
+
+    model_process: bool = True
+    """Run forwards in a child process with its own GIL (`rm_process`; the weights load
+    there only); False runs them on a thread of the server process, which starts
+    quicker but makes forwards wait on the event loop for the GIL."""
 
     def __post_init__(self) -> None:
         self.model = Path(self.model)
@@ -175,14 +185,15 @@ class RewardModelService(reward_pb2_grpc.RewardServiceServicer):
 
     def __init__(self, cfg: RewardModelConfig) -> None:
         self.cfg = cfg
-        self.rm: RewardModel = load_reward_model(cfg.model, cfg.device, cfg.dtype)
-        self.max_length = cfg.max_length or default_max_length(self.rm)
-        if self.rm.max_positions and self.max_length > self.rm.max_positions:
-            raise ValueError(f"max_length {self.max_length} exceeds the model's "
-                             f"{self.rm.max_positions} positions")
-        if cfg.padding_side == "left" and self.rm.pooling != "last_token":
-            raise ValueError("padding_side left needs a decoder (last-token) model; this one "
-                             "pools its first token, so pad on the right")
+        self._process = ModelProcess(cfg.model, cfg.device, cfg.dtype) if cfg.model_process else None
+        try:
+            self.rm: RewardModel = self._process.rm if self._process is not None \
+                else load_reward_model(cfg.model, cfg.device, cfg.dtype)
+            self.max_length = _checked_max_length(cfg, self.rm)
+        except BaseException:
+            if self._process is not None:
+                self._process.close()
+            raise
         self.version = "1+" + _fingerprint(cfg, self.max_length)
         self._running = RunningStats()
         self._metrics = ServerMetrics()  # replaced by the server's in attach()
@@ -190,8 +201,12 @@ class RewardModelService(reward_pb2_grpc.RewardServiceServicer):
         self._forward_s: Histogram | None = None
         self._truncated: PromCounter | None = None
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="rm-tokenize")
+        if self._process is not None:
+            forward = partial(self._process.score, padding_side=cfg.padding_side)
+        else:
+            forward = partial(score_batch, self.rm, padding_side=cfg.padding_side)
         self._batcher = DynamicBatcher(
-            lambda items: score_batch(self.rm, items, cfg.padding_side), cfg.limits,
+            forward, cfg.limits,
             size=lambda e: len(e.ids), on_batch=self._observe_batch,
             on_queue=lambda depth: self._metrics.queue_depth.set(depth),
         )
@@ -211,6 +226,8 @@ class RewardModelService(reward_pb2_grpc.RewardServiceServicer):
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._batcher.close)
         self._encoder.shutdown(wait=False, cancel_futures=True)
+        if self._process is not None:
+            await loop.run_in_executor(None, self._process.close)
 
     def _observe_batch(self, stats: Any) -> None:
         if self._batch_size is not None and self._forward_s is not None:
@@ -224,7 +241,7 @@ class RewardModelService(reward_pb2_grpc.RewardServiceServicer):
         norm = {"none": "raw logit", "fixed": f"(logit - {c.norm_offset:g}) / {c.norm_scale:g}",
                 "running": "logit standardised by running mean/std (order-dependent)"}[c.normalize]
         description = (f"sequence-classification reward model {c.model.name} "
-                       f"({type(self.rm.model).__name__}, {self.rm.pooling} pooling, "
+                       f"({self.rm.architecture}, {self.rm.pooling} pooling, "
                        f"{'chat template' if self.rm.chat else 'text pair'}, max_length "
                        f"{self.max_length}, truncation {c.truncation}, {c.dtype} on {self.rm.device}); "
                        f"value: {norm}; components: raw, tokens, truncated")
@@ -339,6 +356,17 @@ class RewardModelService(reward_pb2_grpc.RewardServiceServicer):
             if enc.truncated else ""
         return pb.Score(id=sid, status=pb.STATUS_OK, value=values[raw], cost_s=cost, reason=reason,
                         components={**comps, "raw": raw})
+
+
+def _checked_max_length(cfg: RewardModelConfig, rm: RewardModel) -> int:
+    """The max_length in force; ValueError for settings this model cannot honour."""
+    max_length = cfg.max_length or default_max_length(rm)
+    if rm.max_positions and max_length > rm.max_positions:
+        raise ValueError(f"max_length {max_length} exceeds the model's {rm.max_positions} positions")
+    if cfg.padding_side == "left" and rm.pooling != "last_token":
+        raise ValueError("padding_side left needs a decoder (last-token) model; this one "
+                         "pools its first token, so pad on the right")
+    return max_length
 
 
 def _fingerprint(cfg: RewardModelConfig, max_length: int) -> str:

@@ -7,7 +7,7 @@
   transformers' own pooling (search input_ids for the pad id) reads the wrong position.
 - ``bert``: `BertForSequenceClassification` (first-token pooling) over a word-level or
   character-level tokenizer with BERT's ``[CLS] a [SEP] b [SEP]`` pair template and no
-  chat template; `bench/reward_model.py` uses it with hidden 256.
+  chat template; `bench/reward_model.py` uses it (hidden 64, 6 layers by default).
 
 Weights are random (seeded); the head is scaled up so scores spread over about +-1 and
 a 1e-5 comparison means something. The directory loads with `from_pretrained` like any

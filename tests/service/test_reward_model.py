@@ -1,12 +1,19 @@
 """`RewardModelService` on a real server (port 0, a real channel), with tiny models
 built in the test: batch invariance (RewardBench #137), the reference forward, both
 padding sides, truncation policies, bad input, ListRewards, normalisation, streams,
-timeouts and a failing forward."""
+timeouts, a failing forward and a model process that dies.
+
+Tests of scores run the forwards in a model process, as `referee serve reward-model`
+does; tests of the request handling around them use `model_process=False` (forwards on
+a thread, the same `score_batch`), which starts seconds quicker."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import random
+import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +27,8 @@ from service_kit import metric
 
 from referee.rewardsvc.client import RewardCallError, RewardClient
 from referee.rewardsvc.reward_model import RewardModelService
-from referee.rewardsvc.rm_model import encode_pair
+from referee.rewardsvc.rm_model import RewardModel, encode_pair, load_reward_model
+from referee.rewardsvc.rm_process import ModelProcess
 from referee.rewardsvc.rm_tiny import build_tiny_reward_model
 from referee.rewardsvc.server import ServerHandle
 from referee.types import Score, Status
@@ -53,6 +61,13 @@ async def rm_servers() -> AsyncIterator[Callable[..., Any]]:
     yield start
     for handle in started:
         await handle.stop(0)
+
+
+@functools.cache
+def loaded(path: Path) -> RewardModel:
+    """The model loaded in the test process, for reference scores: a server holds its own
+    in a child process."""
+    return load_reward_model(path)
 
 
 def service_of(handle: ServerHandle) -> RewardModelService:
@@ -100,7 +115,7 @@ async def test_decoder_scores_do_not_depend_on_the_batch_or_padding_side(
     rm_servers: Callable[..., Any], llama_dir: Path, padding_side: str
 ) -> None:
     handle = await rm_servers(llama_dir, max_batch_size=16, max_wait_ms=30, padding_side=padding_side)
-    rm = service_of(handle).rm
+    rm = loaded(llama_dir)
     rows = varied_samples(64)
     n0, s0 = forwards(handle)
     alone, mixed = await alone_then_mixed(handle, rows)
@@ -116,11 +131,10 @@ async def test_decoder_scores_do_not_depend_on_the_batch_or_padding_side(
     assert max(refs) - min(refs) > 0.5  # the scores spread: 1e-5 means something
 
 
-async def test_the_models_own_pooling_would_read_the_wrong_token(llama_dir: Path,
-                                                                  rm_servers: Callable[..., Any]) -> None:
+async def test_the_models_own_pooling_would_read_the_wrong_token(llama_dir: Path) -> None:
     """Why the service pools from the attention mask: with pad == end-of-turn and a
     template ending in it, transformers' pad-id search skips the real last token."""
-    rm = service_of(await rm_servers(llama_dir)).rm
+    rm = loaded(llama_dir)
     row = varied_samples(1)[0]
     enc = encode_pair(rm, row["prompt"], row["completion"], 1024)
     assert enc.ids[-1] == rm.tokenizer.pad_token_id
@@ -131,8 +145,8 @@ async def test_the_models_own_pooling_would_read_the_wrong_token(llama_dir: Path
 
 async def test_encoder_scores_do_not_depend_on_the_batch(rm_servers: Callable[..., Any], bert_dir: Path) -> None:
     handle = await rm_servers(bert_dir, max_batch_size=16, max_wait_ms=30)
-    rm = service_of(handle).rm
-    assert rm.pooling == "model" and not rm.chat
+    rm = loaded(bert_dir)
+    assert service_of(handle).rm.pooling == "model" and not service_of(handle).rm.chat
     rows = varied_samples(64, seed=3)
     alone, mixed = await alone_then_mixed(handle, rows)
     for i, row in enumerate(rows):
@@ -145,7 +159,7 @@ async def test_encoder_scores_do_not_depend_on_the_batch(rm_servers: Callable[..
 
 
 async def test_chat_template_renders_prompt_and_completion(rm_servers: Callable[..., Any], llama_dir: Path) -> None:
-    rm = service_of(await rm_servers(llama_dir)).rm
+    rm = service_of(await rm_servers(llama_dir, model_process=False)).rm
     enc = encode_pair(rm, "What is 2+2?", "4", 1024)
     text = rm.tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}], tokenize=False)
@@ -156,7 +170,7 @@ async def test_chat_template_renders_prompt_and_completion(rm_servers: Callable[
 @pytest.mark.parametrize("policy", ["left", "right"])
 async def test_truncation_is_reported_per_sample(rm_servers: Callable[..., Any], llama_dir: Path, policy: str) -> None:
     handle = await rm_servers(llama_dir, max_length=40, truncation=policy)
-    rm = service_of(handle).rm
+    rm = loaded(llama_dir)
     long_row = {"id": "long", "prompt": "add these numbers please " * 4, "completion": "the sum is 10 " * 5}
     short_row = {"id": "short", "prompt": "hi", "completion": "ok"}
     long, short = await score(handle, [long_row, short_row])
@@ -173,7 +187,7 @@ async def test_truncation_is_reported_per_sample(rm_servers: Callable[..., Any],
 
 
 async def test_truncation_error_is_invalid_input(rm_servers: Callable[..., Any], llama_dir: Path) -> None:
-    handle = await rm_servers(llama_dir, max_length=40, truncation="error")
+    handle = await rm_servers(llama_dir, max_length=40, truncation="error", model_process=False)
     long, short = await score(handle, [{"id": "long", "prompt": "x" * 50, "completion": "y"},
                                        {"id": "short", "prompt": "hi", "completion": "ok"}])
     assert (long.status, long.value) == (Status.INVALID_INPUT, None)
@@ -182,7 +196,7 @@ async def test_truncation_error_is_invalid_input(rm_servers: Callable[..., Any],
 
 
 async def test_bad_input_and_bad_requests(rm_servers: Callable[..., Any], llama_dir: Path) -> None:
-    handle = await rm_servers(llama_dir)
+    handle = await rm_servers(llama_dir, model_process=False)
     missing, good = await score(handle, [{"id": "none", "prompt": "hi"}, {"id": "ok", "completion": "x"}])
     assert (missing.status, missing.value) == (Status.INVALID_INPUT, None)
     assert "has no completion" in missing.reason
@@ -205,23 +219,24 @@ async def test_list_rewards_names_the_model_and_its_settings(rm_servers: Callabl
         assert "LlamaForSequenceClassification" in info.description and "max_length 256" in info.description
         [s] = await c.score("helpfulness", [{"completion": "x"}])
         assert s.status is Status.OK
-    other = service_of(await rm_servers(llama_dir, name="helpfulness", max_length=128))
+    other = service_of(await rm_servers(llama_dir, name="helpfulness", max_length=128, model_process=False))
     assert other.version != service_of(handle).version  # a setting that changes scores changes it
 
 
 async def test_normalisation(rm_servers: Callable[..., Any], llama_dir: Path) -> None:
     rows = varied_samples(16, seed=5)
-    fixed = await score(await rm_servers(llama_dir, normalize="fixed", norm_offset=0.5, norm_scale=2.0), rows)
+    fixed = await score(await rm_servers(llama_dir, normalize="fixed", norm_offset=0.5, norm_scale=2.0,
+                                         model_process=False), rows)
     for s in fixed:
         assert s.value == pytest.approx((s.components["raw"] - 0.5) / 2.0)
-    running = await score(await rm_servers(llama_dir, normalize="running"), rows)
+    running = await score(await rm_servers(llama_dir, normalize="running", model_process=False), rows)
     values = [s.value for s in running]
     assert sum(values) / len(values) == pytest.approx(0.0, abs=1e-9)  # type: ignore[arg-type]
     assert sum(v * v for v in values) / len(values) == pytest.approx(1.0)  # type: ignore[operator]
 
 
 async def test_stream_requests_share_forwards(rm_servers: Callable[..., Any], llama_dir: Path) -> None:
-    handle = await rm_servers(llama_dir, max_wait_ms=50)
+    handle = await rm_servers(llama_dir, max_wait_ms=50, model_process=False)
     rows = varied_samples(8, seed=7)
     expected = {s.id: s.value for s in await score(handle, rows)}
     n0, _ = forwards(handle)
@@ -245,7 +260,7 @@ async def test_stream_requests_share_forwards(rm_servers: Callable[..., Any], ll
 
 async def test_a_sample_past_its_time_limit_is_timeout(rm_servers: Callable[..., Any], llama_dir: Path) -> None:
     # Alone in the queue, a sample waits max_wait_ms for batch-mates: longer than its limit.
-    handle = await rm_servers(llama_dir, max_wait_ms=1000, timeout_s=0.05)
+    handle = await rm_servers(llama_dir, max_wait_ms=1000, timeout_s=0.05, model_process=False)
     [s] = await score(handle, [{"id": "slow", "completion": "x"}])
     assert (s.status, s.value) == (Status.TIMEOUT, None)
     assert "not scored within 0.05s" in s.reason
@@ -254,7 +269,7 @@ async def test_a_sample_past_its_time_limit_is_timeout(rm_servers: Callable[...,
 async def test_a_failed_forward_fails_its_samples_not_the_server(
     rm_servers: Callable[..., Any], llama_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    handle = await rm_servers(llama_dir)
+    handle = await rm_servers(llama_dir, model_process=False)
     service = service_of(handle)
     real = service._batcher._forward
 
@@ -268,3 +283,42 @@ async def test_a_failed_forward_fails_its_samples_not_the_server(
     monkeypatch.setattr(service._batcher, "_forward", real)
     [s] = await score(handle, [{"id": "a", "completion": "x"}])
     assert s.status is Status.OK
+
+
+async def test_a_dead_model_process_fails_its_batch_and_is_replaced(llama_dir: Path) -> None:
+    handle = await start_rm(llama_dir)
+    process = service_of(handle)._process
+    assert process is not None and process.pid is not None
+    try:
+        [before] = await score(handle, [{"id": "a", "completion": "x"}])
+        assert before.status is Status.OK
+        first = process.pid
+        os.kill(first, signal.SIGKILL)
+        [lost] = await score(handle, [{"id": "a", "completion": "x"}])
+        assert (lost.status, lost.value) == (Status.ERROR, None)
+        assert "model process died" in lost.reason
+        [after] = await score(handle, [{"id": "a", "completion": "x"}])
+        assert after.status is Status.OK and after.value == before.value
+        assert process.pid not in (None, first)
+        child = process._proc
+    finally:
+        await handle.stop(0)
+    assert child is not None and child.returncode is not None  # stopped with the server
+
+
+async def test_model_process_reports_the_model_and_raises_forward_errors(bert_dir: Path) -> None:
+    process = ModelProcess(bert_dir)
+    try:
+        rm = process.rm
+        assert rm.model is None  # the weights are in the child only
+        assert (rm.pooling, rm.architecture, rm.pass_type_ids) == ("model", "BertForSequenceClassification", True)
+        enc = encode_pair(rm, "a b", "c", 512)
+        [value] = process.score([enc], "right")
+        assert abs(value - reference_score(loaded(bert_dir), {"prompt": "a b", "completion": "c"}, 512)) <= TOL
+        with pytest.raises(ValueError, match="padding_side 'left' is not supported"):
+            process.score([enc], "left")
+        assert process.score([enc], "right") == [value]  # the child lives on
+    finally:
+        process.close()
+    with pytest.raises(ValueError, match="no config.json"):
+        ModelProcess(bert_dir / "nope")
