@@ -97,6 +97,7 @@ from referee.sandboxes.runner import (
     Outcome,
     Pumped,
     Spawned,
+    become_subreaper,
     compile_failure,
     compile_limits,
     memfd,
@@ -236,6 +237,12 @@ class BwrapBackend:
         if use_cgroups and self._cg.mode == "none":
             raise RuntimeError(f"cgroups required but unusable: {self._cg.reason}")
         self._cgpool = cgroups.CgroupPool(self._cg) if self._cg.mode != "none" else None
+        # each sandbox's init outlives bwrap's monitor; adopted, it is reaped when its
+        # job ends, so its cgroup is empty and reusable at once (see `become_subreaper`)
+        self._reaps_inits = become_subreaper()
+        self._adopted: list[tuple[int, float]] = []
+        """Pidfds of inits to reap when they are ours, with a give-up time."""
+        self._adopted_lock = threading.Lock()
         self._compile_wall, self._compile_memory = compile_wall_time_s, compile_memory_bytes
         self._ulimit = False
         self._system = _system_binds()
@@ -328,6 +335,8 @@ class BwrapBackend:
             "proc": ("its own (the job's pid namespace)" if self._proc else
                      "none: the kernel refuses a fresh /proc here (a container's masked /proc paths; "
                      "start it with security_opt systempaths=unconfined for one)"),
+            "reaper": ("this process adopts and reaps each sandbox's init (child subreaper)" if self._reaps_inits
+                       else "the host's init reaps sandbox inits (no child subreaper)"),
             "warm": (f"up to {self._warm.size} bwraps started ahead of their jobs, each as its job's uid in its "
                      "job's cgroup, waiting for the job's arguments" if self._warm is not None else "none"),
         }
@@ -556,6 +565,8 @@ class BwrapBackend:
                     os.close(fd)
                 launch.stdio_open = False
             fds.close_all()
+            if self._adopted:
+                self._reap_adopted()
 
     def _release(self, launch: _Launch) -> tuple[int, str, int]:
         """Waits for bwrap to stop before the program (its init is born in the job
@@ -571,9 +582,30 @@ class BwrapBackend:
             start = _stat(inner)[19] if launch.cg is None else ""
             os.write(launch.block_w, b"go")
         except BaseException:
-            os.close(inner_fd)
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(inner_fd, signal.SIGKILL)
+            with self._adopted_lock:  # reaped once the monitor is gone (`_reap_adopted`)
+                self._adopted.append((inner_fd, time.monotonic() + 30.0))
             raise
         return inner, start, inner_fd
+
+    def _reap_adopted(self) -> None:
+        """Reaps the inits of sandboxes whose setup failed after bwrap reported them:
+        they are ours once bwrap's monitor is gone. One not ours within 30 s is left."""
+        with self._adopted_lock:
+            pending, self._adopted = self._adopted, []
+        keep = []
+        for fd, until in pending:
+            try:
+                done = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG) is not None
+            except ChildProcessError:  # not (yet) adopted
+                done = time.monotonic() > until
+            if done:
+                os.close(fd)
+            else:
+                keep.append((fd, until))
+        with self._adopted_lock:
+            self._adopted.extend(keep)
 
     def _setup_failed(self, step: _Step, sp, error: Exception) -> ExecResult:
         _kill_and_reap(sp.proc)
@@ -603,7 +635,7 @@ class BwrapBackend:
         wall = time.monotonic() - started
         kill_sandbox()
         gone = _wait_readable(inner_fd, 5.0)
-        with contextlib.suppress(ChildProcessError):  # we inherit the orphaned init only as pid 1 / subreaper
+        with contextlib.suppress(ChildProcessError):  # adopted from the monitor, which exited first
             os.waitid(os.P_PIDFD, inner_fd, os.WEXITED | os.WNOHANG)
         return self._finish(step, pumped, status, usage, wall, _read_rest(status_r), sampler, job_cg, gone)
 

@@ -4,7 +4,8 @@
 - `pump` feeds stdin and drains stdout/stderr concurrently in one selector loop, caps
   each stream, and enforces the wall-clock deadline (and any extra check, like a
   cgroup's CPU time) by calling the backend's `kill`,
-- `reap` collects the exit status and rusage,
+- `reap` collects the exit status and rusage; `become_subreaper` makes orphans ours
+  to reap,
 - `classify` turns what happened into a `Verdict` and a message, the same way for every
   backend (a Docker backend fills an `Outcome` from its container's state),
 - `rlimits` is the rlimit table for a job's limits, `prlimit_argv` applies it.
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import enum
 import math
 import os
@@ -73,6 +75,23 @@ def spawn(argv: Sequence[str], *, env: Mapping[str, str], pass_fds: Sequence[int
     for fd in child:
         os.close(fd)
     return Spawned(proc, pipes[0][1], pipes[1][0], pipes[2][0])
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Makes this process the reaper of its descendants' orphans (prctl(2)
+    PR_SET_CHILD_SUBREAPER) instead of the host's init. True if it now is.
+
+    A sandbox whose supervisor exits before the sandbox's own init (bubblewrap's
+    monitor does, as soon as the program has ended) leaves that init to be reaped by
+    whoever adopts it; until then it is a zombie, still counted in its job cgroup's
+    pids, so the cgroup cannot be reused. Adopted, it is reaped by the job that ran it,
+    at once. The caller must reap what it adopts (by pidfd, so that nothing it does not
+    know is taken from `subprocess`)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
 def reap(proc: subprocess.Popen) -> tuple[int, resource.struct_rusage]:
