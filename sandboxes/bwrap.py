@@ -12,8 +12,9 @@ How one job runs:
    runs as uid/gid 65534 with every capability dropped, no_new_privs, and the seccomp
    filter of `seccomp.py`. It sees /usr (and the merged-/usr symlinks), the loader
    cache and Debian's alternatives symlinks from /etc, /etc/localtime, a synthetic
-   /etc/passwd, its own /proc, a minimal /dev, and three size-capped tmpfs: /work (its
-   files, the cwd), /tmp and /dev/shm. Everything else is read-only. The environment
+   /etc/passwd, its own /proc, a minimal read-only /dev (one shared by all sandboxes
+   where the server may make it, `devnodes`; else bwrap's own), and three size-capped
+   tmpfs: /work (its files, the cwd), /tmp and /dev/shm. Everything else is read-only. The environment
    holds PATH, HOME, LANG, TMPDIR and the language's own.
 3. bwrap is started before its job arrives (a few wait, `_Warm`; a job that finds none
    starts its own the same way): as the job's uid, with every option that does not
@@ -90,7 +91,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from referee.sandboxes import cgroups, seccomp
+from referee.sandboxes import cgroups, devnodes, seccomp
 from referee.sandboxes.languages import LANGUAGES, Language, Toolchain, probe
 from referee.sandboxes.runner import (
     KillReason,
@@ -253,7 +254,18 @@ class BwrapBackend:
         self._probe_lock = threading.Lock()
         self._proc = proc
         self._bash = shutil.which("bash", path=SANDBOX_PATH)
+        self._dev: str | None = None
+        """The shared read-only /dev bound into each sandbox (`devnodes`), or None for
+        bwrap's own `--dev`."""
+        if self._root:
+            self._dev, why = devnodes.shared_dev(os.path.join(lock_dir, "dev"))
+            if self._dev is None:
+                log.info("each sandbox gets a /dev of its own (bwrap --dev): %s", why)
         check = self._execute(_Step(["true"], [], PROBE_LIMITS))
+        if check.verdict is not Verdict.OK and self._dev:
+            log.warning("bwrap cannot bind the shared /dev %s (%s); using its --dev", self._dev, check.message)
+            self._dev = None
+            check = self._execute(_Step(["true"], [], PROBE_LIMITS))
         if check.verdict is not Verdict.OK and b"Can't mount proc" in check.stderr:
             log.warning("the kernel refuses the sandbox its own /proc here (masked /proc paths, as in a "
                         "container started without systempaths=unconfined): jobs run with no /proc")
@@ -332,6 +344,8 @@ class BwrapBackend:
             "limits": (f"cgroup {self._cg.mode} (memory, pids, cpu accounting) + rlimits"
                        if self._cg.mode != "none" else f"rlimits only ({self._cg.reason})"),
             "filesystem": "ro /usr + loader files; tmpfs /work, /tmp, /dev/shm capped",
+            "dev": (f"shared read-only {self._dev} (null, zero, full, random, urandom; no tty or pts)" if self._dev
+                    else "bwrap --dev, remounted read-only"),
             "proc": ("its own (the job's pid namespace)" if self._proc else
                      "none: the kernel refuses a fresh /proc here (a container's masked /proc paths; "
                      "start it with security_opt systempaths=unconfined for one)"),
@@ -675,9 +689,10 @@ class BwrapBackend:
              "--cap-drop", "ALL", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--clearenv", *self._system]
         for path, data in (("/etc/passwd", passwd), ("/etc/group", group)):
             a += ["--perms", "0644", "--file", str(data), path]
-        return [*a, *(["--proc", "/proc"] if self._proc else []), "--dev", "/dev",
+        dev = ["--dev-bind", self._dev, "/dev"] if self._dev else ["--dev", "/dev"]
+        return [*a, *(["--proc", "/proc"] if self._proc else []), *dev,
                 "--args", str(args_fd),
-                "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", WORK,
+                *([] if self._dev else ["--remount-ro", "/dev"]), "--remount-ro", "/", "--chdir", WORK,
                 "--seccomp", str(seccomp), "--json-status-fd", str(status_w), "--block-fd", str(block_r),
                 "--", *(command or [self._sh, "-c", TRAMPOLINE])]
 

@@ -64,6 +64,12 @@ def spawn(argv: Sequence[str], *, env: Mapping[str, str], pass_fds: Sequence[int
     switch is a `setpriv` prefix on argv instead."""
     pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(3)]
     child = (pipes[0][0], pipes[1][1], pipes[2][1])
+    # A pipe's inode is ours (mode 0600): a program running as another uid that reopens
+    # its stdio by name (`> /dev/stdout`, /proc/self/fd/1) would be refused. Only a
+    # process holding the fd, or allowed to look into its holder's /proc/PID/fd, can.
+    os.fchmod(child[0], 0o604)
+    os.fchmod(child[1], 0o602)
+    os.fchmod(child[2], 0o602)
     try:
         proc = subprocess.Popen(list(argv), stdin=child[0], stdout=child[1], stderr=child[2], env=dict(env),
                                 pass_fds=tuple(pass_fds), start_new_session=True, cwd=cwd)

@@ -73,7 +73,7 @@ def test_node_and_bash_cannot_connect_either(run, listener):
     js = f"require('net').connect({port}, '127.0.0.1').on('error', e => console.log(e.code)).on('connect', () => console.log('connected'))"
     assert lines(run("javascript", js)) == ["EPERM"]
     r = run("bash", f"echo hi > /dev/tcp/127.0.0.1/{port} && echo connected || echo refused")
-    assert r.stdout == b"refused\n"
+    assert r.stdout == b"refused\n", r
     with pytest.raises(BlockingIOError):
         listener.accept()
 
