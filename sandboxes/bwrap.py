@@ -262,14 +262,14 @@ class BwrapBackend:
             if self._dev is None:
                 log.info("each sandbox gets a /dev of its own (bwrap --dev): %s", why)
         check = self._execute(_Step(["true"], [], PROBE_LIMITS))
-        if check.verdict is not Verdict.OK and self._dev:
-            log.warning("bwrap cannot bind the shared /dev %s (%s); using its --dev", self._dev, check.message)
-            self._dev = None
-            check = self._execute(_Step(["true"], [], PROBE_LIMITS))
         if check.verdict is not Verdict.OK and b"Can't mount proc" in check.stderr:
             log.warning("the kernel refuses the sandbox its own /proc here (masked /proc paths, as in a "
                         "container started without systempaths=unconfined): jobs run with no /proc")
             self._proc = False
+            check = self._execute(_Step(["true"], [], PROBE_LIMITS))
+        if check.verdict is not Verdict.OK and self._dev:
+            log.warning("bwrap cannot bind the shared /dev %s (%s); using its --dev", self._dev, check.message)
+            self._dev = None
             check = self._execute(_Step(["true"], [], PROBE_LIMITS))
         if check.verdict is not Verdict.OK and self._chroot:
             log.info("chroot cannot switch the uid here (%s); using setpriv", check.message)
