@@ -62,6 +62,7 @@ from typing import Any
 
 from reward_samples import ifeval_samples, tool_call_samples
 
+from referee.testing import free_port
 from referee.types import Sample
 
 EXACT_SPEC = "referee.verifiers.match:exact"
@@ -214,12 +215,6 @@ def wait_for_line(proc: subprocess.Popen[str], lines: queue.Queue[str], pattern:
         if m := rx.search(line):
             return m
     raise RuntimeError(f"no line matching {pattern!r} within {timeout_s:.0f}s: {_tail(err)}")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- gRPC ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -42,6 +43,14 @@ def terminate(proc: subprocess.Popen, timeout: float = 30.0) -> int:
             proc.kill()
             proc.wait(10)
     return proc.returncode
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now, for a test server or fake that must be told
+    its port up front (one that can bind port 0 and report it should do that instead)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def process_group_members(pgid: int) -> list[int]:

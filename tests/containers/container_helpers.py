@@ -4,11 +4,9 @@ directory uses, so that test modules can import it)."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Callable
-from contextlib import closing
 
 import grpc
 import pytest
@@ -34,11 +32,6 @@ def docker_problem(*images: str) -> str | None:
             return f"image {image} is absent; run `bash .ci/docker.sh`"
     return None
 
-
-def free_port() -> int:
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def health(address: str, timeout_s: float = 2.0) -> str:

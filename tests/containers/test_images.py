@@ -17,7 +17,6 @@ from container_helpers import (
     SANDBOX_IMAGE,
     SERVICES_IMAGE,
     docker_health,
-    free_port,
     health,
     wait_for,
 )
@@ -26,6 +25,7 @@ from referee.rewardsvc.client import SyncRewardClient
 from referee.sandboxes import seccomp_profile
 from referee.sandboxes.client import SandboxClient
 from referee.sandboxes.types import ExecResult, Job, Limits, MiB, Verdict
+from referee.testing import free_port
 
 pytestmark = pytest.mark.docker
 

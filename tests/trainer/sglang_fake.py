@@ -10,7 +10,6 @@ path, JSON body and arrival time. Knobs are plain attributes set by the test.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -174,8 +173,3 @@ class FakeSGLang:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

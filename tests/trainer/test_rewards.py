@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 import pytest
 import torch
 
+from referee.testing import free_port
 from referee.trainer.algorithms import ADVANTAGE_ESTIMATORS, group_stats
 from referee.trainer.config import RewardSourceConfig
 from referee.trainer.config_load import ConfigError
@@ -377,14 +377,8 @@ def test_killed_only_replica_masks_and_counts_never_zero(started: list[LocalServ
 # --- start-up checks ----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_target_fails_at_start_naming_it(address: str) -> None:
-    dead = f"127.0.0.1:{_free_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     sources = [source(address, "exact"), source([address, dead], "xs")]
     with RewardScorer(sources) as scorer:
         t0 = time.monotonic()

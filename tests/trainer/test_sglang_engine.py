@@ -10,8 +10,9 @@ import threading
 import time
 
 import pytest
-from sglang_fake import FakeSGLang, fake_tokens, free_port
+from sglang_fake import FakeSGLang, fake_tokens
 
+from referee.testing import free_port
 from referee.trainer.rollout import RolloutEngine, SamplingParams
 from referee.trainer.rollout.sglang import (
     SGLangEngine,
