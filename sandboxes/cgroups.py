@@ -178,11 +178,12 @@ class JobCgroup:
         self._base_ooms = _keyed(self._read("memory", "memory.oom_control") or "").get("oom_kill", 0)
 
     def idle(self) -> bool:
-        """Reusable for another job (v1): no process in any hierarchy, nothing left in
-        the pids count (an exited sandbox init still counts until the host's init reaps
-        it, and the next job's process limit must be whole), and little memory charged."""
+        """Reusable for another job (v1): nothing left in the pids count, which counts
+        every task of the job, live or not yet reaped (an exited sandbox init counts until
+        whoever adopted it reaps it, and the next job's process limit must be whole), and
+        little memory charged."""
         count = self._read("pids", "pids.current")
-        if count is None or int(count) != 0 or self.pids():
+        if count is None or int(count) != 0:
             return False
         usage = self._read("memory", "memory.usage_in_bytes")
         return usage is not None and int(usage) <= REUSE_MAX_USAGE_BYTES
@@ -220,11 +221,11 @@ class JobCgroup:
                            control.get("oom_kill", 0) > self._base_ooms)
 
     def pids(self) -> list[int]:
-        """Processes in the job (in any of its hierarchies)."""
-        found: set[int] = set()
-        for controller in self.paths:
-            found.update(int(p) for p in (self._read(controller, "cgroup.procs") or "").split())
-        return sorted(found)
+        """Processes in the job. One hierarchy's list is enough: every process of the
+        job is born in all of its cgroups (bwrap is moved into each before it starts
+        anything), and only a privileged process could move one out of one of them."""
+        controller = "unified" if self.mode == "v2" else "memory"
+        return sorted(int(p) for p in (self._read(controller, "cgroup.procs") or "").split())
 
     def kill(self, timeout_s: float = 5.0) -> bool:
         """SIGKILLs every process left in the job until none remains (a fork bomb may
