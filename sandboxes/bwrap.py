@@ -114,7 +114,16 @@ from referee.sandboxes.runner import (
     split_status,
     work_dir_files,
 )
-from referee.sandboxes.types import ExecResult, Job, Limits, Usage, Verdict
+from referee.sandboxes.types import (
+    Deferred,
+    ExecResult,
+    Job,
+    Limits,
+    Prepared,
+    Settled,
+    Usage,
+    Verdict,
+)
 from referee.sandboxes.uids import DEFAULT_UID_BASE, UidPool, kill_uid
 
 log = logging.getLogger(__name__)
@@ -194,6 +203,28 @@ class _Launch:
     """sp.stdin/stdout/stderr are still ours to close (`pump` closes them once used)."""
 
 
+@dataclass(eq=False)
+class _Staged:
+    """A job's sandbox built up to its program's start (`BwrapBackend._stage`): `run`
+    starts the program and watches it; `cancel` ends the sandbox unrun. Either, once."""
+
+    backend: BwrapBackend
+    step: _Step
+    launch: _Launch
+    inner: tuple[int, str, int] | None = None
+    """The sandbox init's pid, start time and pidfd, once bwrap has reported it."""
+    error: Exception | None = None
+    """What stopped the setup: running it then gives the SANDBOX_ERROR."""
+    running: bool = False
+    ended: bool = False
+
+    def run(self) -> ExecResult:
+        return self.backend._run_staged(self)
+
+    def cancel(self) -> None:
+        self.backend._end_staged(self)
+
+
 class BwrapBackend:
     """Runs jobs under bubblewrap; see the module docstring for the isolation."""
 
@@ -254,6 +285,10 @@ class BwrapBackend:
         self._probe_lock = threading.Lock()
         self._proc = proc
         self._bash = shutil.which("bash", path=SANDBOX_PATH)
+        self._staged: set[_Staged] = set()
+        """Sandboxes staged and not yet ended (`close` ends those that never ran)."""
+        self._staged_lock = threading.Lock()
+        self._warm: _Warm | None = None
         self._dev: str | None = None
         """The shared read-only /dev bound into each sandbox (`devnodes`), or None for
         bwrap's own `--dev`."""
@@ -304,6 +339,22 @@ class BwrapBackend:
         argv = language.run_argv(job.limits.memory_bytes, job.args)
         return self._execute(_Step(argv, files, job.limits, language, job.stdin), warm=True)
 
+    def prepare(self, job: Job, language: Language) -> Prepared:
+        """Sets `job` up while it waits for a slot (the service calls this): for a
+        language without a compile step, its sandbox is built and stopped just before
+        the program (`_stage`), so namespaces, mounts and files cost its slot nothing,
+        and the program's wall clock starts with `run()`. A compiled language's job is
+        not staged (its compile step is itself a run in a sandbox). Raises ValueError
+        as `run` does."""
+        if language.compile:
+            return Deferred(self, job, language)
+        files = work_dir_files(job, language)
+        if any("\0" in a for a in job.args):
+            raise ValueError("a job argument contains a NUL byte")
+        argv = language.run_argv(job.limits.memory_bytes, job.args)
+        staged = self._stage(_Step(argv, files, job.limits, language, job.stdin), warm=True)
+        return Settled(staged) if isinstance(staged, ExecResult) else staged
+
     def _copy_out(self, fd: int) -> list[str]:
         """A shell command that runs the compiler ("$@") and, if it succeeds, copies the
         artifact ("$0") into the memory file `fd`: through /proc/self/fd, or, with no
@@ -314,9 +365,14 @@ class BwrapBackend:
         return [self._bash, "-c", f'"$@" || exit; exec cat -- "$0" >&{fd}']
 
     def close(self) -> None:
-        warm = getattr(self, "_warm", None)
-        if warm is not None:
-            warm.close()
+        """Ends the warm bwraps and every staged sandbox that has not run (running
+        jobs are the caller's to finish first)."""
+        if self._warm is not None:
+            self._warm.close()
+        with self._staged_lock:
+            unrun = [st for st in self._staged if not st.running]
+        for staged in unrun:
+            self._end_staged(staged)
         if self._cgpool is not None:
             self._cgpool.close()
         self._cg.close()
@@ -397,6 +453,15 @@ class BwrapBackend:
     # --- one sandbox ------------------------------------------------------------
 
     def _execute(self, step: _Step, *, warm: bool = False) -> ExecResult:
+        staged = self._stage(step, warm=warm)
+        return staged if isinstance(staged, ExecResult) else self._run_staged(staged)
+
+    def _stage(self, step: _Step, *, warm: bool = False) -> _Staged | ExecResult:
+        """Builds `step`'s sandbox up to its program's start: bwrap gets its arguments,
+        makes the namespaces, mounts and files, and waits on its block fd just before
+        the seccomp filter and the exec (bubblewrap 0.8.0, bubblewrap.c: the
+        `opt_block_fd` read follows the pivot_root and the privilege drop). Returns the
+        staged sandbox (`_run_staged` starts it), or the SANDBOX_ERROR that prevents it."""
         # The program is exec'd by the sandbox's shell (or prlimit), whose failure to
         # exec would look like the program's own exit 127 (a program could print the
         # same): so the command is found first, on the host's /usr, which is exactly
@@ -414,21 +479,78 @@ class BwrapBackend:
         big = len(command.encode(errors="surrogateescape")) > MAX_EXEC_VAR_BYTES
         warm = warm and self._warm is not None and not step.pass_fds and not big
         launch = self._take_warm(step) if warm else None
+        if warm:
+            self._warm.want(len(step.files), step.limits)  # its replacement starts now
         if launch is None:
             explicit = [*prlimit_argv(self._prlimit, self._rlimits(step)), *step.argv] if big else None
             try:
                 launch = self._launch(len(step.files), step.limits, step.pass_fds, explicit)
             except _LaunchError as e:
                 return ExecResult(Verdict.SANDBOX_ERROR, message=str(e))
+        staged = _Staged(self, step, launch)
+        with self._staged_lock:
+            self._staged.add(staged)
+        fds = launch.fds
         try:
-            res = self._sandbox(step, launch, command)
+            if launch.cg is not None:
+                launch.cg.begin()
+            for fd, (_, content, _) in zip(launch.files, step.files, strict=True):
+                _write_at_start(fd, content)
+                fds.close(fd)  # bwrap reads its own copy, from the start
+            args = "\0".join(self._args(step, launch, command)) + "\0"
+            _write_all(launch.args_w, args.encode(errors="surrogateescape"))
+            fds.close(launch.args_w)
+            staged.inner = self._stopped(launch)
+        except (OSError, ValueError) as e:
+            staged.error = e
+        except BaseException:
+            self._end_staged(staged)
+            raise
+        return staged
+
+    def _run_staged(self, staged: _Staged) -> ExecResult:
+        """Starts a staged sandbox's program and watches it to its end; then nothing of
+        the job may be left (else SANDBOX_ERROR)."""
+        step, launch = staged.step, staged.launch
+        with self._staged_lock:
+            if staged.ended or staged.running:
+                raise RuntimeError("a staged sandbox runs once, and not after it was cancelled")
+            staged.running = True
+        try:
+            if staged.inner is not None and staged.error is None:
+                try:
+                    os.write(launch.block_w, b"go")
+                    launch.fds.add(staged.inner[2])  # closed with the job's other fds
+                except OSError as e:
+                    staged.error = e
+                    self._adopt(staged.inner[2])
+            launch.stdio_open = False  # both paths below pump them, which closes them
+            if staged.error is not None or staged.inner is None:
+                res = self._setup_failed(step, launch.sp, staged.error)
+            else:
+                inner, inner_start, inner_fd = staged.inner
+                sampler = _Sampler(inner, inner_start, launch.cg, step.limits)
+                res = self._watch(step, launch.sp, inner_fd, sampler, launch.status_r, launch.cg, launch.fds)
         finally:
-            clean = self._retire(launch)
-            if warm:
-                self._warm.want(len(step.files), step.limits)
+            clean = self._end_staged(staged)
         if not clean:
             return replace(res, verdict=Verdict.SANDBOX_ERROR, message="processes of the job survived its end")
         return res
+
+    def _end_staged(self, staged: _Staged) -> bool:
+        """Ends what is left of a staged sandbox, run or not, and gives its uid and
+        cgroup back, once. True when nothing of it survived."""
+        with self._staged_lock:
+            if staged.ended:
+                return True
+            staged.ended = True
+            self._staged.discard(staged)
+        if staged.inner is not None and not staged.running:  # its init waits for a go that never comes
+            self._adopt(staged.inner[2])
+        clean = self._end(staged.launch)
+        if self._adopted:
+            self._reap_adopted()
+        return clean
 
     def _which(self, program: str) -> str | None:
         """`program` found on SANDBOX_PATH, under what the sandbox sees. Remembered, and
@@ -524,14 +646,18 @@ class BwrapBackend:
 
     def _discard(self, launch: _Launch) -> None:
         """Ends a launch that never got its job."""
+        if not self._end(launch):
+            log.warning("a warm bwrap left processes behind; its uid stays locked")
+
+    def _end(self, launch: _Launch) -> bool:
+        """Kills and reaps a launch's bwrap, closes its fds, and retires it (`_retire`)."""
         _kill_and_reap(launch.sp.proc)
         if launch.stdio_open:
             for fd in (launch.sp.stdin, launch.sp.stdout, launch.sp.stderr):
                 os.close(fd)
             launch.stdio_open = False
         launch.fds.close_all()
-        if not self._retire(launch):
-            log.warning("a warm bwrap left processes behind; its uid stays locked")
+        return self._retire(launch)
 
     def _retire(self, launch: _Launch) -> bool:
         """After a launch's bwrap was killed and reaped: nothing of it may outlive it.
@@ -552,39 +678,9 @@ class BwrapBackend:
 
     # --- one sandbox ------------------------------------------------------------
 
-    def _sandbox(self, step: _Step, launch: _Launch, command: str) -> ExecResult:
-        sp, fds = launch.sp, launch.fds
-        try:
-            try:
-                if launch.cg is not None:
-                    launch.cg.begin()
-                for fd, (_, content, _) in zip(launch.files, step.files, strict=True):
-                    _write_at_start(fd, content)
-                    fds.close(fd)  # bwrap reads its own copy, from the start
-                args = "\0".join(self._args(step, launch, command)) + "\0"
-                _write_all(launch.args_w, args.encode(errors="surrogateescape"))
-                fds.close(launch.args_w)
-                inner, inner_start, inner_fd = self._release(launch)
-            except (OSError, ValueError) as e:
-                launch.stdio_open = False
-                return self._setup_failed(step, sp, e)
-            fds.add(inner_fd)
-            sampler = _Sampler(inner, inner_start, launch.cg, step.limits)
-            launch.stdio_open = False
-            return self._watch(step, sp, inner_fd, sampler, launch.status_r, launch.cg, fds)
-        finally:
-            _kill_and_reap(sp.proc)
-            if launch.stdio_open:
-                for fd in (sp.stdin, sp.stdout, sp.stderr):
-                    os.close(fd)
-                launch.stdio_open = False
-            fds.close_all()
-            if self._adopted:
-                self._reap_adopted()
-
-    def _release(self, launch: _Launch) -> tuple[int, str, int]:
-        """Waits for bwrap to stop before the program (its init is born in the job
-        cgroup), and lets it go. Returns the init's pid, start time and a pidfd of it."""
+    def _stopped(self, launch: _Launch) -> tuple[int, str, int]:
+        """The sandbox's init as bwrap reports it (its pid, start time and a pidfd of
+        it): from here bwrap builds the sandbox, then waits on its block fd."""
         header = _read_json_line(launch.status_r, timeout_s=10.0)
         inner = header.get("child-pid") if header else None
         if not isinstance(inner, int):
@@ -594,14 +690,18 @@ class BwrapBackend:
             # it waits on --block-fd, so this is still our init (its start time tells it
             # apart from a later process with the pid; only needed without a cgroup)
             start = _stat(inner)[19] if launch.cg is None else ""
-            os.write(launch.block_w, b"go")
         except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(inner_fd, signal.SIGKILL)
-            with self._adopted_lock:  # reaped once the monitor is gone (`_reap_adopted`)
-                self._adopted.append((inner_fd, time.monotonic() + 30.0))
+            self._adopt(inner_fd)
             raise
         return inner, start, inner_fd
+
+    def _adopt(self, inner_fd: int) -> None:
+        """Kills a sandbox init that will not run its program, and takes its pidfd to
+        reap it once it is ours (`_reap_adopted`: when bwrap's monitor is gone)."""
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(inner_fd, signal.SIGKILL)
+        with self._adopted_lock:
+            self._adopted.append((inner_fd, time.monotonic() + 30.0))
 
     def _reap_adopted(self) -> None:
         """Reaps the inits of sandboxes whose setup failed after bwrap reported them:
@@ -621,7 +721,7 @@ class BwrapBackend:
         with self._adopted_lock:
             self._adopted.extend(keep)
 
-    def _setup_failed(self, step: _Step, sp, error: Exception) -> ExecResult:
+    def _setup_failed(self, step: _Step, sp, error: Exception | None) -> ExecResult:
         _kill_and_reap(sp.proc)
         pumped = pump(stdin=b"", stdin_fd=sp.stdin, stdout_fd=sp.stdout, stderr_fd=sp.stderr,
                       cap=step.limits.output_bytes, deadline=time.monotonic() + 2, kill=lambda _: None)

@@ -7,6 +7,12 @@ slots (threads calling the backend, each job one isolated process tree); beyond 
 slots up to `max_queue` jobs wait, and further ones are refused RESOURCE_EXHAUSTED so
 clients back off or go to another replica. A backend that fails is a SANDBOX_ERROR
 verdict, never a program's verdict.
+
+While the slots are busy, one waiting job per slot is set up ahead where the backend
+can (`PreparingBackend`: bwrap builds the sandbox up to the program's start), so a slot
+that frees starts the next program at once, and the setup's kernel waits (RCU grace
+periods when namespaces and mounts are made) fall in time the slot would idle anyway.
+A job's wall clock starts with its program, not with its setup.
 """
 
 from __future__ import annotations
@@ -24,7 +30,17 @@ from prometheus_client import Counter, Gauge, Histogram
 from referee.rewardsvc.metrics import ServerMetrics
 from referee.sandboxes.convert import job_from_proto, result_to_proto
 from referee.sandboxes.languages import Language, Toolchain, find_language
-from referee.sandboxes.types import ExecResult, Job, Limits, SandboxBackend, Verdict
+from referee.sandboxes.types import (
+    Deferred,
+    ExecResult,
+    Job,
+    Limits,
+    Prepared,
+    PreparingBackend,
+    SandboxBackend,
+    Settled,
+    Verdict,
+)
 from referee.v1 import sandbox_pb2 as pb
 from referee.v1 import sandbox_pb2_grpc
 
@@ -67,7 +83,11 @@ class SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
         self._cfg = cfg
         self._toolchains = {t.language: t for t in toolchains}
         self._threads = ThreadPoolExecutor(cfg.slots, thread_name_prefix="sandbox-slot")
+        self._prep_threads = ThreadPoolExecutor(cfg.slots, thread_name_prefix="sandbox-prepare")
         self._slots = asyncio.Semaphore(cfg.slots)
+        self._staging = asyncio.Semaphore(cfg.slots)
+        """Jobs set up ahead of a slot (`_prepare`) and waiting for one: one per slot,
+        so the next job is ready to start when a slot frees, and no more are held."""
         self._waiting = 0
         self._jobs: Counter | None = None
 
@@ -84,8 +104,9 @@ class SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
         await asyncio.get_running_loop().run_in_executor(None, self._shutdown)
 
     def _shutdown(self) -> None:
+        self._prep_threads.shutdown(wait=True, cancel_futures=True)
         self._threads.shutdown(wait=True, cancel_futures=True)
-        self._backend.close()
+        self._backend.close()  # also ends jobs set up that never got a slot
 
     async def ListLanguages(self, request: pb.ListLanguagesRequest, context: Any) -> pb.ListLanguagesResponse:
         return pb.ListLanguagesResponse(
@@ -139,28 +160,63 @@ class SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
         return Job(job.language, job.code, job.stdin, job.files, job.args, limits), language
 
     async def _run(self, job: Job, language: Language) -> ExecResult:
+        loop = asyncio.get_running_loop()
         self._waiting += 1
         self._queued.set(self._waiting)
         try:
-            await self._slots.acquire()
+            async with self._staging:
+                prepared = await self._prepare(job, language)
+                try:
+                    await self._slots.acquire()
+                except BaseException:
+                    self._cancel(prepared)  # the caller left while the job waited for a slot
+                    raise
         finally:
             self._waiting -= 1
             self._queued.set(self._waiting)
         self._busy.inc()
-        fut = asyncio.get_running_loop().run_in_executor(self._threads, self._run_backend, job, language)
+        fut = loop.run_in_executor(self._threads, self._run_prepared, prepared)
         fut.add_done_callback(self._free_slot)  # when the job ends, even if the caller left
         return await asyncio.shield(fut)
+
+    async def _prepare(self, job: Job, language: Language) -> Prepared:
+        """The job set up while it waits for a slot, by a backend that can."""
+        if not isinstance(self._backend, PreparingBackend):
+            return Deferred(self._backend, job, language)
+        fut = asyncio.get_running_loop().run_in_executor(self._prep_threads, self._prepare_backend, job, language)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            fut.add_done_callback(lambda f: f.cancelled() or self._cancel(f.result()))
+            raise
+
+    def _prepare_backend(self, job: Job, language: Language) -> Prepared:
+        assert isinstance(self._backend, PreparingBackend)
+        try:
+            return self._backend.prepare(job, language)
+        except Exception as e:  # the backend failed, not the program: a verdict of our own
+            log.exception("sandbox backend %s failed to prepare a job", self._backend.name)
+            return Settled(self._backend_error(e))
+
+    def _cancel(self, prepared: Prepared) -> None:
+        try:
+            self._prep_threads.submit(prepared.cancel)
+        except RuntimeError:  # shutting down: end it here
+            prepared.cancel()
 
     def _free_slot(self, _: object) -> None:
         self._busy.dec()
         self._slots.release()
 
-    def _run_backend(self, job: Job, language: Language) -> ExecResult:
+    def _run_prepared(self, prepared: Prepared) -> ExecResult:
         try:
-            return self._backend.run(job, language)
+            return prepared.run()
         except Exception as e:  # the backend failed, not the program: a verdict of our own
             log.exception("sandbox backend %s failed", self._backend.name)
-            return ExecResult(Verdict.SANDBOX_ERROR, message=f"{self._backend.name} backend failed: {type(e).__name__}: {e}")
+            return self._backend_error(e)
+
+    def _backend_error(self, e: Exception) -> ExecResult:
+        return ExecResult(Verdict.SANDBOX_ERROR, message=f"{self._backend.name} backend failed: {type(e).__name__}: {e}")
 
     def _record(self, language: str, result: ExecResult, seconds: float) -> None:
         if self._jobs is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import posixpath
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from referee.sandboxes.languages import Language
@@ -135,3 +135,50 @@ class SandboxBackend(Protocol):
     def run(self, job: Job, language: Language) -> ExecResult: ...
 
     def close(self) -> None: ...
+
+
+class Prepared(Protocol):
+    """A job set up ahead of its slot. `run` runs it (once) and blocks like
+    `SandboxBackend.run`; `cancel` gives it up unrun and frees what it holds (safe to
+    call more than once, and after `run`)."""
+
+    def run(self) -> ExecResult: ...
+
+    def cancel(self) -> None: ...
+
+
+@runtime_checkable
+class PreparingBackend(SandboxBackend, Protocol):
+    """A backend that can set a job up while it waits for a slot, so the slot is busy
+    only from the program's start: the service prepares up to one waiting job per slot.
+    `prepare` raises what `run` would raise for the same job."""
+
+    def prepare(self, job: Job, language: Language) -> Prepared: ...
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A `Prepared` for which nothing was set up ahead: `run` is the backend's whole run."""
+
+    backend: SandboxBackend
+    job: Job
+    language: Language
+
+    def run(self) -> ExecResult:
+        return self.backend.run(self.job, self.language)
+
+    def cancel(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A `Prepared` whose outcome was known while preparing (its setup failed)."""
+
+    result: ExecResult
+
+    def run(self) -> ExecResult:
+        return self.result
+
+    def cancel(self) -> None:
+        pass
