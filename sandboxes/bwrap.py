@@ -23,9 +23,11 @@ How one job runs:
    files) from a pipe (`--args`). While it waits, the server moves it into a job
    cgroup (memory without swap, pids, CPU accounting), so the sandbox it then creates
    is born in that cgroup, and the wait for the move (an RCU grace period, often
-   milliseconds) is not the job's. bwrap stops again before running anything
-   (`--block-fd`) and reports the sandbox's pid (`--json-status-fd`); the server then
-   lets it go. Inside, the sandbox's shell sets the rlimits (CPU, file size, open
+   milliseconds) is not the job's. bwrap reports the sandbox's pid
+   (`--json-status-fd`), builds the sandbox (namespaces, mounts, files) and stops again
+   before running anything (`--block-fd`) until the server lets it go. A job waiting
+   for a slot gets this far ahead of it (`prepare`, called by the service), so the
+   slot, and the job's wall clock, start at the go. Inside, the sandbox's shell sets the rlimits (CPU, file size, open
    files, processes, no core; address space only without a cgroup) with its `ulimit`
    builtin (util-linux's prlimit where ulimit cannot say a value exactly, or where a
    start-up probe finds the shell's ulimit differs) and execs the program, which bwrap
