@@ -48,7 +48,12 @@ def shared_dev(path: str) -> tuple[str | None, str]:
         os.makedirs(parent, mode=0o755, exist_ok=True)
         if not _others_can_search(parent):
             return None, f"{parent} is not searchable by other users (the sandboxes' uids)"
-        lock = os.open(os.path.join(parent, "dev.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        for where in (parent, path):
+            # a mount follows symlinks: nobody else may have been able to plant one
+            if os.path.lexists(where) and not _ours_alone(where):
+                return None, f"{where} must be a directory owned by uid {os.geteuid()} that only it can write"
+        lock = os.open(os.path.join(parent, "dev.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                       0o600)
     except OSError as e:
         return None, f"cannot prepare {parent}: {e.strerror}"
     try:
@@ -106,6 +111,12 @@ def _make(path: str) -> tuple[str | None, str]:
         libc.umount2(path.encode(), MNT_DETACH)
         return None, f"{path} is not as made"
     return path, ""
+
+
+def _ours_alone(path: str) -> bool:
+    """A real directory (no symlink) owned by us that no one else may write to."""
+    st = os.lstat(path)
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
 def _others_can_search(path: str) -> bool:

@@ -90,3 +90,18 @@ def test_a_parent_others_cannot_search_is_refused(tmp_path) -> None:
     os.chmod(tmp_path, 0o700)
     path, why = devnodes.shared_dev(str(tmp_path / "dev"))
     assert path is None and "not searchable" in why
+
+
+def test_a_dev_path_someone_else_could_have_planted_is_refused(tmp_path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("making a shared /dev needs root")
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    os.chmod(shared, 0o777)  # anyone could have put a symlink named dev here
+    (shared / "dev").symlink_to("/etc")
+    path, why = devnodes.shared_dev(str(shared / "dev"))
+    assert path is None and "only it can write" in why
+    os.chmod(shared, 0o755)
+    path, why = devnodes.shared_dev(str(shared / "dev"))  # a symlink is refused even so
+    assert path is None and "only it can write" in why
+    assert not os.path.ismount("/etc")
