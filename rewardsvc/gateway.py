@@ -47,7 +47,7 @@ from referee.rewardsvc.gateway_config import Composite, GatewayConfig, Route
 from referee.rewardsvc.gateway_health import UpstreamProbe
 from referee.rewardsvc.metrics import ServerMetrics
 from referee.rewardsvc.server import serve
-from referee.rewardsvc.streaming import score_stream
+from referee.rewardsvc.streaming import score_stream, score_unary
 from referee.types import Score, Status
 from referee.v1 import reward_pb2 as pb
 from referee.v1 import reward_pb2_grpc
@@ -181,11 +181,7 @@ class GatewayService(reward_pb2_grpc.RewardServiceServicer):
         return pb.ListRewardsResponse(rewards=[self._info(r) for r in self._cfg.rewards.values()])
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
-        try:
-            return await self.score(request, context.time_remaining())
-        except Refused as e:
-            await context.abort(e.code, str(e))
-            raise  # unreachable: abort raises
+        return await score_unary(context, self.score(request, context.time_remaining()), _refusal)
 
     async def ScoreStream(
         self, request_iterator: AsyncIterator[pb.ScoreRequest], context: grpc.aio.ServicerContext

@@ -61,7 +61,7 @@ from referee.rewardsvc.rm_model import (
     score_batch,
 )
 from referee.rewardsvc.rm_process import ModelProcess
-from referee.rewardsvc.streaming import score_stream
+from referee.rewardsvc.streaming import RequestError, invalid_request, score_stream, score_unary
 from referee.v1 import reward_pb2 as pb
 from referee.v1 import reward_pb2_grpc
 
@@ -170,14 +170,6 @@ class RunningStats:
         return math.sqrt(self._m2 / self.count)
 
 
-class RequestError(ValueError):
-    """The request as a whole is malformed; becomes INVALID_ARGUMENT."""
-
-
-def _refusal(e: Exception) -> grpc.StatusCode | None:
-    return grpc.StatusCode.INVALID_ARGUMENT if isinstance(e, RequestError) else None
-
-
 class RewardModelService(reward_pb2_grpc.RewardServiceServicer):
     """Serves one reward model (see the module doc). Loads the model when built."""
 
@@ -250,18 +242,14 @@ class RewardModelService(reward_pb2_grpc.RewardServiceServicer):
         return pb.ListRewardsResponse(rewards=[info])
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
-        try:
-            return await self.score(request)
-        except RequestError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-            raise  # unreachable: abort raises
+        return await score_unary(context, self.score(request), invalid_request)
 
     async def ScoreStream(
         self, request_iterator: AsyncIterator[pb.ScoreRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ScoreResponse]:
         """Up to STREAM_WINDOW requests of a stream are scored at once (their samples
         share forwards); answers come back as they finish, each with its request_id."""
-        async for answer in score_stream(request_iterator, context, self.score, _refusal):
+        async for answer in score_stream(request_iterator, context, self.score, invalid_request):
             yield answer
 
     # --- scoring ----------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""ScoreStream for every RewardService: a window of requests scored at once.
+"""Score and ScoreStream for every RewardService: a window of a stream's requests
+scored at once, and the errors that refuse a call.
 
-The verifiers service, the reward-model server and the gateway answer a stream the same
-way; only how a request is scored and which errors refuse it differ, so those are what
-they pass in.
+The verifiers service, the reward-model server and the gateway answer both calls the
+same way; only how a request is scored and which errors refuse it differ, so those are
+what they pass in.
 """
 
 from __future__ import annotations
@@ -21,6 +22,30 @@ STREAM_WINDOW = 8
 #: Maps an exception raised by `score` to the status that refuses the whole call, or
 #: None when it is not a refusal (it then ends the stream as it would end a Score call).
 Refusal = Callable[[Exception], "grpc.StatusCode | None"]
+
+
+class RequestError(ValueError):
+    """The request as a whole is malformed: the call is refused INVALID_ARGUMENT."""
+
+
+def invalid_request(e: Exception) -> grpc.StatusCode | None:
+    """The `Refusal` of a service whose only refusal is a malformed request."""
+    return grpc.StatusCode.INVALID_ARGUMENT if isinstance(e, RequestError) else None
+
+
+async def score_unary(
+    context: grpc.aio.ServicerContext, call: Awaitable[pb.ScoreResponse], refusal: Refusal
+) -> pb.ScoreResponse:
+    """One Score call: an error `refusal` maps to a status aborts the call with that
+    status and the error's message; any other propagates (gRPC reports it as UNKNOWN)."""
+    try:
+        return await call
+    except Exception as e:
+        code = refusal(e)
+        if code is None:
+            raise
+        await context.abort(code, str(e))
+        raise  # unreachable: abort raises
 
 
 class _Refused(Exception):

@@ -25,7 +25,7 @@ from referee.rewardsvc.calling import call_async, is_async
 from referee.rewardsvc.config import VerifierPoolConfig
 from referee.rewardsvc.metrics import ServerMetrics
 from referee.rewardsvc.pool import WorkerPool
-from referee.rewardsvc.streaming import score_stream
+from referee.rewardsvc.streaming import RequestError, invalid_request, score_stream, score_unary
 from referee.rewardsvc.worker import INVALID_PARAMS, RawResult
 from referee.types import InvalidParams
 from referee.v1 import reward_pb2 as pb
@@ -39,14 +39,6 @@ _STATUS = {
     "ERROR": pb.STATUS_ERROR,
     "UNAVAILABLE": pb.STATUS_UNAVAILABLE,
 }
-
-
-class RequestError(ValueError):
-    """The request as a whole is malformed; becomes INVALID_ARGUMENT."""
-
-
-def _refusal(e: Exception) -> grpc.StatusCode | None:
-    return grpc.StatusCode.INVALID_ARGUMENT if isinstance(e, RequestError) else None
 
 
 class VerifierService(reward_pb2_grpc.RewardServiceServicer):
@@ -95,18 +87,14 @@ class VerifierService(reward_pb2_grpc.RewardServiceServicer):
         return pb.ListRewardsResponse(rewards=[self._info(v) for v in self._table.values()])
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
-        try:
-            return await self.score(request)
-        except RequestError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-            raise  # unreachable: abort raises
+        return await score_unary(context, self.score(request), invalid_request)
 
     async def ScoreStream(
         self, request_iterator: AsyncIterator[pb.ScoreRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ScoreResponse]:
         """Scores up to STREAM_WINDOW requests of one stream at once; reading pauses
         beyond that, which is the stream's backpressure."""
-        async for answer in score_stream(request_iterator, context, self.score, _refusal):
+        async for answer in score_stream(request_iterator, context, self.score, invalid_request):
             yield answer
 
     # --- scoring ----------------------------------------------------------------------
