@@ -84,6 +84,7 @@ class SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
         self._toolchains = {t.language: t for t in toolchains}
         self._threads = ThreadPoolExecutor(cfg.slots, thread_name_prefix="sandbox-slot")
         self._prep_threads = ThreadPoolExecutor(cfg.slots, thread_name_prefix="sandbox-prepare")
+        self._preparing = backend if isinstance(backend, PreparingBackend) else None
         self._slots = asyncio.Semaphore(cfg.slots)
         self._staging = asyncio.Semaphore(cfg.slots)
         """Jobs set up ahead of a slot (`_prepare`) and waiting for one: one per slot,
@@ -181,7 +182,7 @@ class SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
 
     async def _prepare(self, job: Job, language: Language) -> Prepared:
         """The job set up while it waits for a slot, by a backend that can."""
-        if not isinstance(self._backend, PreparingBackend):
+        if self._preparing is None:
             return Deferred(self._backend, job, language)
         fut = asyncio.get_running_loop().run_in_executor(self._prep_threads, self._prepare_backend, job, language)
         try:
@@ -191,9 +192,9 @@ class SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
             raise
 
     def _prepare_backend(self, job: Job, language: Language) -> Prepared:
-        assert isinstance(self._backend, PreparingBackend)
+        assert self._preparing is not None
         try:
-            return self._backend.prepare(job, language)
+            return self._preparing.prepare(job, language)
         except Exception as e:  # the backend failed, not the program: a verdict of our own
             log.exception("sandbox backend %s failed to prepare a job", self._backend.name)
             return Settled(self._backend_error(e))
