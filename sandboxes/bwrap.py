@@ -14,8 +14,8 @@ How one job runs:
    cache and Debian's alternatives symlinks from /etc, /etc/localtime, a synthetic
    /etc/passwd, its own /proc, a minimal read-only /dev (one shared by all sandboxes
    where the server may make it, `devnodes`; else bwrap's own), and three size-capped
-   tmpfs: /work (its files, the cwd), /tmp and /dev/shm. Everything else is read-only. The environment
-   holds PATH, HOME, LANG, TMPDIR and the language's own.
+   tmpfs: /work (its files, the cwd), /tmp and /dev/shm. Everything else is read-only.
+   The environment holds PATH, HOME, LANG, TMPDIR and the language's own.
 3. bwrap is started before its job arrives (a few wait, `_Warm`; a job that finds none
    starts its own the same way): as the job's uid, with every option that does not
    depend on the job (namespaces, capability drop, system view, seccomp filter) on its
@@ -27,14 +27,17 @@ How one job runs:
    (`--json-status-fd`), builds the sandbox (namespaces, mounts, files) and stops again
    before running anything (`--block-fd`) until the server lets it go. A job waiting
    for a slot gets this far ahead of it (`prepare`, called by the service), so the
-   slot, and the job's wall clock, start at the go. Inside, the sandbox's shell sets the rlimits (CPU, file size, open
-   files, processes, no core; address space only without a cgroup) with its `ulimit`
-   builtin (util-linux's prlimit where ulimit cannot say a value exactly, or where a
-   start-up probe finds the shell's ulimit differs) and execs the program, which bwrap
-   has already placed under its namespaces, capability drop and seccomp filter.
+   slot, and the job's wall clock, start at the go. Inside, the sandbox's shell sets
+   the rlimits (CPU, file size, open files, processes, no core; address space only
+   without a cgroup) with its `ulimit` builtin (util-linux's prlimit where ulimit
+   cannot say a value exactly, or where a start-up probe finds the shell's ulimit
+   differs) and execs the program, which bwrap has already placed under its namespaces,
+   capability drop and seccomp filter.
 4. stdout/stderr are drained and capped, the wall clock and the cgroup's CPU time are
    watched; killing the sandbox's pid-namespace init ends every process of the job at
-   once (a daemon, a fork bomb), also when the program exits normally.
+   once (a daemon, a fork bomb), also when the program exits normally. The server is a
+   child subreaper, so that init, orphaned when bwrap's monitor exits first, is reaped
+   by the job that ran it.
 5. The cgroup must then be empty (or, without cgroups, no process of the uid may
    remain) before the uid goes back to the pool; an emptied cgroup is kept for a later
    job (see `cgroups.CgroupPool`). A job whose processes survive is a SANDBOX_ERROR and
@@ -706,8 +709,9 @@ class BwrapBackend:
             self._adopted.append((inner_fd, time.monotonic() + 30.0))
 
     def _reap_adopted(self) -> None:
-        """Reaps the inits of sandboxes whose setup failed after bwrap reported them:
-        they are ours once bwrap's monitor is gone. One not ours within 30 s is left."""
+        """Reaps the inits of sandboxes that never ran their program (setup failed, or
+        cancelled while staged): they are ours once bwrap's monitor is gone. One not
+        ours within 30 s is left."""
         with self._adopted_lock:
             pending, self._adopted = self._adopted, []
         keep = []
