@@ -20,9 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from referee.rewardsvc.config_reader import KeyedConfigError, Section
+from referee.rewardsvc.config_reader import KeyedConfigError, Section, read_yaml_file
 from referee.trainer.local_services import RESERVED_OPTIONS
 
 #: Start order: a service comes after those it calls (the judge after the rollout server
@@ -104,13 +102,7 @@ def _default_services() -> dict[str, ServiceConfig]:
 def load_up_config(path: str | Path) -> UpConfig:
     """Reads and validates a `referee up` YAML file."""
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except OSError as e:
-        raise UpConfigError("", f"cannot read {p}: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise UpConfigError("", f"{p} is not valid YAML: {e}") from None
-    return parse_up_config(data, base_dir=p.parent)
+    return parse_up_config(read_yaml_file(p, UpConfigError), base_dir=p.parent)
 
 
 def parse_up_config(data: Any, base_dir: Path | None = None) -> UpConfig:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import difflib
 import json
 import math
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 MISSING: Any = object()
 """Default meaning "required": reading an absent key fails."""
@@ -24,6 +27,17 @@ class KeyedConfigError(ValueError):
         super().__init__(f"{key}: {detail}" if key else detail)
         self.key = key
         self.detail = detail
+
+
+def read_yaml_file(path: Path, error: type[KeyedConfigError], what: str = "") -> Any:
+    """The YAML document in `path`; `error` (with no key) when it cannot be read or
+    parsed. `what` names the file in the unreadable case ("gateway config ...")."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise error("", f"cannot read {what}{path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise error("", f"{path} is not valid YAML: {e}") from None
 
 
 class Section:

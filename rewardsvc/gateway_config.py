@@ -30,9 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from referee.rewardsvc.config_reader import MISSING, KeyedConfigError, Section
+from referee.rewardsvc.config_reader import MISSING, KeyedConfigError, Section, read_yaml_file
 from referee.rewardsvc.replicas import split_targets
 
 
@@ -180,13 +178,7 @@ class GatewayConfig:
 def load_gateway_config(path: str | Path) -> GatewayConfig:
     """Reads and validates a gateway YAML file."""
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except OSError as e:
-        raise GatewayConfigError("", f"cannot read gateway config {p}: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise GatewayConfigError("", f"{p} is not valid YAML: {e}") from None
-    return parse_gateway_config(data, base_dir=p.parent)
+    return parse_gateway_config(read_yaml_file(p, GatewayConfigError, "gateway config "), base_dir=p.parent)
 
 
 def parse_gateway_config(data: Any, base_dir: Path | None = None) -> GatewayConfig:

@@ -20,7 +20,6 @@ from referee.sandboxes.languages import Language, Toolchain
 from referee.sandboxes.service import SandboxConfig, SandboxService
 from referee.sandboxes.types import ExecResult, File, Job, Limits, Usage, Verdict
 from referee.v1 import sandbox_pb2 as pb
-from referee.v1 import sandbox_pb2_grpc
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -63,12 +62,6 @@ async def served() -> AsyncIterator[tuple[ServerHandle, FakeBackend]]:
     await handle.start()
     yield handle, backend
     await handle.stop(0)
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def stub(served: Any) -> AsyncIterator[sandbox_pb2_grpc.SandboxServiceStub]:
-    async with grpc.aio.insecure_channel(served[0].address) as ch:
-        yield sandbox_pb2_grpc.SandboxServiceStub(ch)
 
 
 async def test_runs_with_server_default_limits(stub: Any, served: Any) -> None:
